@@ -1,0 +1,221 @@
+"""Typed run configuration, read from YAML with strict keys and `key=value` overrides.
+
+An unknown or misspelt key is a `ConfigError` naming the key, the section and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from diffplan.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    source: str = "minari"  # minari | d4rl | synthetic
+    dataset: str = ""  # Minari id or directory, D4RL .hdf5 path, or synthetic kind
+    root: str | None = None  # Minari datasets root (default: MINARI_DATASETS_PATH)
+    normalizer: str = "limits"  # limits | gaussian | cdf
+    end_policy: str = "pad"  # pad | drop
+    discount: float = 0.99
+    termination_penalty: float = 0.0
+    synthetic_episodes: int = 256  # only for source=synthetic
+
+
+@dataclass
+class ModelConfig:
+    horizon: int = 32
+    stride: int = 1
+    dim: int = 32
+    dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    kernel_size: int = 5
+    return_conditioning: bool = False  # condition the denoiser on the normalized return
+
+
+@dataclass
+class DiffusionConfig:
+    n_timesteps: int = 20
+    schedule: str = "cosine"
+    prediction: str = "x0"  # x0 | epsilon | v
+    action_weight: float = 10.0
+    loss_discount: float = 1.0
+    dim_weights: list[float] | None = None
+    condition_steps: list[int] = field(default_factory=lambda: [0])
+    clip_denoised: float | None = 1.0
+    cond_dropout: float = 0.25
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10000
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.995
+    ema_start: int = 0  # steps before the EMA starts tracking
+    log_every: int = 50
+    save_every: int = 1000
+    seed: int = 0
+    device: str = "auto"  # cpu | cuda | auto
+
+
+@dataclass
+class ValueConfig:
+    """The value network of Diffuser-style guidance (`diffplan train-value`)."""
+
+    dim: int = 32
+    dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    kernel_size: int = 5
+    steps: int = 5000
+    batch_size: int = 64
+    lr: float = 2e-4
+
+
+@dataclass
+class PlanConfig:
+    """Planner defaults used by `diffplan evaluate` (each one can be overridden)."""
+
+    n_candidates: int = 16
+    sampler: str = "ddim"
+    sampling_steps: int = 10
+    warm_start: bool = False
+    warm_start_t: int | None = None
+    action_mode: str = "diffused"  # diffused | track
+    replan_every: int = 1
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    value: ValueConfig = field(default_factory=ValueConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _field_types(cls: type) -> dict[str, typing.Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, section: str, known: list[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+    where = f"{section}.{key}" if section else key
+    return ConfigError(f"unknown config key '{where}' in {source}{hint}")
+
+
+def _coerce(value: typing.Any, annotation: typing.Any, where: str, source: str) -> typing.Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if value is None:
+        if annotation is type(None) or type(None) in args:
+            return None
+        raise ConfigError(f"config key '{where}' in {source} must not be null")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where, source)
+            except ConfigError:
+                continue
+        raise ConfigError(
+            f"config key '{where}' in {source}: cannot read {value!r} as {annotation}"
+        )
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{where}' in {source} must be a list, got {value!r}")
+        return [_coerce(v, args[0], where, source) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{where}' in {source} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{where}' in {source} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{where}' in {source} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{where}' in {source} must be a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: dict, section: str, source: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section '{section or '<top>'}' in {source} must be a mapping")
+    types = _field_types(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in types:
+            raise _unknown_key(key, section, list(types), source)
+        where = f"{section}.{key}" if section else key
+        annotation = types[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value or {}, where, source)
+        else:
+            kwargs[key] = _coerce(value, annotation, where, source)
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], typing.Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value (e.g. train.steps=500)")
+    key, text = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(text) if text != "" else ""
+
+
+def config_from_dict(raw: dict, source: str = "<dict>", overrides: list[str] = ()) -> Config:
+    raw = dict(raw or {})
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[path[-1]] = value
+    return _build(Config, raw, "", source)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; see configs/ for the shipped ones")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from e
+    source = str(path)
+    try:
+        return config_from_dict(raw, source, overrides)
+    except ConfigError as e:
+        if overrides and "override" not in str(e) and source in str(e):
+            raise ConfigError(f"{e} (or in the command-line overrides)") from e
+        raise
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,144 @@
+"""Inpainting guides: fix known states of the plan (start, goal, waypoints) in env units."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from diffplan.guidance import Guide, GuideContext, Inpainting
+
+# Normalized values beyond this lie outside the data a limits/CDF normalizer was fitted on.
+_RANGE_TOLERANCE = 1.05
+
+
+def _fixed_states(
+    ctx: GuideContext,
+    steps: Sequence[int],
+    dims: Sequence[int],
+    values: torch.Tensor,
+    what: str,
+) -> Inpainting:
+    """Inpainting of observation `dims` at planned `steps` to `values` (E or 1, len(steps), len(dims))."""
+    spec = ctx.spec
+    columns = spec.observation_dims(list(dims))
+    rows = []
+    for s in steps:
+        if not -spec.horizon <= s < spec.horizon:
+            raise ValueError(f"{what}: step {s} outside the plan (horizon {spec.horizon})")
+        rows.append(s % spec.horizon)
+    values = values.to(ctx.device, torch.float32)
+    if values.shape[0] not in (1, ctx.n_envs):
+        raise ValueError(
+            f"{what}: got values for {values.shape[0]} environments, planning for {ctx.n_envs}"
+        )
+    values = values.expand(ctx.n_envs, -1, -1)
+    mask = torch.zeros(1, spec.horizon, spec.transition_dim, dtype=torch.bool, device=ctx.device)
+    full = torch.zeros(ctx.n_envs, spec.horizon, spec.transition_dim, device=ctx.device)
+    for i, row in enumerate(rows):
+        mask[0, row, columns] = True
+        full[:, row, columns] = values[:, i]
+    _check_in_data_range(ctx, full, mask, what)
+    return Inpainting(mask, ctx.per_candidate(full))
+
+
+def _check_in_data_range(ctx: GuideContext, full, mask, what: str) -> None:
+    if getattr(ctx.normalizer, "kind", None) not in ("limits", "cdf"):
+        return
+    normalized = ctx.normalize(full)
+    outside = (normalized.abs() > _RANGE_TOLERANCE) & mask
+    if outside.any():
+        env, step, dim = outside.nonzero()[0].tolist()
+        value = full[env, step, dim].item()
+        raise ValueError(
+            f"{what}: value {value:.3f} for state dim {dim - ctx.spec.act_dim} lies outside the "
+            f"range of the training data; give a target inside the environment (e.g. the maze)"
+        )
+
+
+class StartState(Guide):
+    """Fix the first planned observation to the current state (the planner supplies it)."""
+
+    def inpaint(self, ctx: GuideContext) -> Inpainting:
+        if ctx.observation is None:
+            raise ValueError("StartState needs the current observation in the GuideContext")
+        obs = ctx.observation[:, None, :]
+        return _fixed_states(ctx, [0], range(ctx.spec.obs_dim), obs, "StartState")
+
+
+class Goal(Guide):
+    """Fix goal coordinates of one planned step (default: the last), optionally at rest.
+
+    position: (goal_dim,) or (E, goal_dim) env units; None takes the goal the planner was given.
+    dims: observation dims holding the position (PointMaze: x, y = 0, 1).
+    zero_velocity: also fix `velocity_dims` to 0 at that step (Diffuser's Maze2D targets).
+    Its score prefers plans that get close early: minus the mean distance to the goal over
+    the plan, a proxy for the time spent at the goal.
+    """
+
+    def __init__(
+        self,
+        position: Sequence[float] | torch.Tensor | None = None,
+        dims: Sequence[int] = (0, 1),
+        step: int = -1,
+        zero_velocity: bool = False,
+        velocity_dims: Sequence[int] = (2, 3),
+        score_weight: float = 1.0,
+    ):
+        self.position = None if position is None else torch.as_tensor(position, dtype=torch.float32)
+        self.dims = list(dims)
+        self.step = step
+        self.zero_velocity = zero_velocity
+        self.velocity_dims = list(velocity_dims)
+        self.score_weight = score_weight
+
+    def target(self, ctx: GuideContext) -> torch.Tensor:
+        """(E, len(dims)) goal positions in env units."""
+        goal = self.position if self.position is not None else ctx.goal
+        if goal is None:
+            raise ValueError("Goal has no position: pass one, or give the planner a goal")
+        goal = torch.as_tensor(goal, dtype=torch.float32, device=ctx.device)
+        goal = goal.reshape(-1, goal.shape[-1])
+        if goal.shape[-1] != len(self.dims):
+            raise ValueError(
+                f"Goal has {goal.shape[-1]} coordinates but dims={self.dims} names {len(self.dims)}"
+            )
+        if not torch.isfinite(goal).all():
+            raise ValueError("Goal position contains NaN or inf")
+        return goal.expand(ctx.n_envs, -1)
+
+    def inpaint(self, ctx: GuideContext) -> Inpainting:
+        dims, values = list(self.dims), self.target(ctx)
+        if self.zero_velocity:
+            dims += self.velocity_dims
+            values = torch.cat([values, values.new_zeros(len(values), len(self.velocity_dims))], -1)
+        return _fixed_states(ctx, [self.step], dims, values[:, None, :], "Goal")
+
+    def score(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
+        positions = ctx.spec.observations(plans)[..., self.dims]  # (B, H, len(dims))
+        goal = ctx.per_candidate(self.target(ctx))[:, None, :]
+        return -self.score_weight * (positions - goal).norm(dim=-1).mean(dim=-1)
+
+
+class Waypoints(Guide):
+    """Fix given states at given planned steps: `states` (K, len(dims)) or (E, K, len(dims))."""
+
+    def __init__(
+        self,
+        steps: Sequence[int],
+        states: Sequence[Sequence[float]] | torch.Tensor,
+        dims: Sequence[int] = (0, 1),
+    ):
+        self.steps = list(steps)
+        self.states = torch.as_tensor(states, dtype=torch.float32)
+        if self.states.dim() == 2:
+            self.states = self.states[None]
+        self.dims = list(dims)
+        if self.states.shape[1:] != (len(self.steps), len(self.dims)):
+            raise ValueError(
+                f"Waypoints: states have shape {tuple(self.states.shape[1:])}, expected "
+                f"(len(steps), len(dims)) = ({len(self.steps)}, {len(self.dims)})"
+            )
+
+    def inpaint(self, ctx: GuideContext) -> Inpainting:
+        return _fixed_states(ctx, self.steps, self.dims, self.states, "Waypoints")

@@ -1,0 +1,6 @@
+"""Planning loops that turn a trained trajectory model plus guides into actions."""
+
+from planners.mpc import MPCPlanner, Plan
+from planners.tracking import PDTracker
+
+__all__ = ["MPCPlanner", "PDTracker", "Plan"]

@@ -1,0 +1,259 @@
+"""The MPC planner: observation in, action out, in env units, from a checkpoint alone.
+
+One call plans for E environments at once, N candidates each, in a single batched sample:
+
+    observation (E, obs_dim) ──> inpaint as planned step 0 ──> sample (E*N, H, D)
+        ──> score with the guides ──> best plan per env (E, H, D) ──> first action(s)
+
+Between replans (every `replan_every` env steps; 0 = once per episode) it keeps executing
+the current plan: the diffused actions, or a PD tracker following the planned states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from diffplan.guidance import Compose, Guide, GuideContext
+from diffplan.spec import TrajectorySpec
+from guides.inpaint import StartState
+from planners.tracking import PDTracker
+
+ACTION_MODES = ("diffused", "track")
+
+
+@dataclass
+class Plan:
+    """The outcome of one planning call, env units."""
+
+    candidates: torch.Tensor  # (E, N, H, D)
+    scores: torch.Tensor | None  # (E, N), higher is better
+    best: torch.Tensor  # (E, H, D)
+    best_normalized: torch.Tensor  # (E, H, D), what a warm start continues from
+    best_index: torch.Tensor  # (E,)
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # each (E,) for the best
+
+
+class MPCPlanner:
+    """Sample N candidate plans per environment, keep the best by the guides' scores, act.
+
+    diffusion, normalizer, spec: the trained model (see `from_checkpoint`).
+    guide: a Guide or list of guides (the start state is always inpainted).
+    n_candidates: plans sampled per environment and decision.
+    sampler, sampling_steps, eta: as `Diffusion.sample`.
+    warm_start: start from the previous best plan, shifted by the steps executed since, noised
+        to timestep `warm_start_t` (default: a third of the schedule).
+    action_mode: "diffused" executes the plan's actions; "track" follows its states with
+        `tracker` (needed when stride > 1).
+    replan_every: env steps between plans; 0 plans once per episode (open loop).
+    """
+
+    def __init__(
+        self,
+        diffusion,
+        normalizer,
+        spec: TrajectorySpec,
+        guide: Guide | list[Guide] | None = None,
+        n_candidates: int = 16,
+        sampler: str = "ddim",
+        sampling_steps: int | None = 10,
+        eta: float | None = None,
+        warm_start: bool = False,
+        warm_start_t: int | None = None,
+        action_mode: str = "diffused",
+        replan_every: int = 1,
+        tracker: PDTracker | None = None,
+        return_range: tuple[float, float] | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ):
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
+        if action_mode == "diffused" and spec.stride > 1 and replan_every != 1:
+            raise ValueError(
+                "a strided plan only has actions every `stride` steps: use action_mode='track' "
+                "or replan_every=1"
+            )
+        if n_candidates < 1:
+            raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
+        self.device = torch.device(device)
+        self.diffusion = diffusion.to(self.device).eval()
+        self.normalizer = normalizer
+        self.spec = spec
+        user_guides = guide if isinstance(guide, list) else ([guide] if guide else [])
+        self.guide = Compose([StartState(), *user_guides])
+        self.n_candidates = n_candidates
+        self.sampler = sampler
+        self.sampling_steps = sampling_steps
+        self.eta = eta
+        self.warm_start = warm_start
+        self.warm_start_t = (
+            max(1, diffusion.n_timesteps // 3) if warm_start_t is None else warm_start_t
+        )
+        self.action_mode = action_mode
+        self.replan_every = replan_every
+        self.tracker = tracker or PDTracker()
+        self.return_range = return_range
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.last_plan: Plan | None = None
+        self._plans: torch.Tensor | None = None  # (E, H, D) env units, current plan per env
+        self._plans_normalized: torch.Tensor | None = None  # the same, normalized
+        self._since_plan: np.ndarray | None = None  # (E,) env steps since each env's plan
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str, guide: Guide | list[Guide] | None = None, device: str = "cpu", **settings
+    ) -> MPCPlanner:
+        """Build a planner from one checkpoint file; no dataset or environment needed."""
+        from diffplan.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path, device=device)
+        return cls(
+            loaded.diffusion,
+            loaded.normalizer,
+            loaded.spec,
+            guide=guide,
+            return_range=loaded.return_range,
+            device=device,
+            **settings,
+        )
+
+    # ----- episode bookkeeping ---------------------------------------------------------------
+
+    def reset(self, env_indices: list[int] | None = None) -> None:
+        """Forget the plans of the given environments (all when None); call between episodes."""
+        if env_indices is None or self._since_plan is None:
+            self._plans = self._plans_normalized = self._since_plan = None
+            self.guide.reset()
+            return
+        self._since_plan[list(env_indices)] = -1  # forces a new plan for those envs
+
+    # ----- planning --------------------------------------------------------------------------
+
+    def _check_observation(self, observation) -> tuple[torch.Tensor, bool]:
+        obs = torch.as_tensor(np.asarray(observation, dtype=np.float32), device=self.device)
+        single = obs.dim() == 1
+        obs = obs[None] if single else obs
+        if obs.dim() != 2 or obs.shape[-1] != self.spec.obs_dim:
+            raise ValueError(
+                f"observation has shape {tuple(np.shape(observation))}; this model plans over "
+                f"obs_dim={self.spec.obs_dim} (give (obs_dim,) or (n_envs, obs_dim), flattened "
+                f"the way the training data was)"
+            )
+        if not torch.isfinite(obs).all():
+            raise ValueError("observation contains NaN or inf")
+        return obs, single
+
+    def plan(self, observation, goal=None, warm_start_from: torch.Tensor | None = None) -> Plan:
+        """Sample and rank candidates for each env; observation (obs_dim,) or (E, obs_dim).
+
+        warm_start_from: (E, H, D) normalized plans to start from (the MPC loop passes the
+        shifted previous plans when warm starts are on).
+        """
+        obs, _ = self._check_observation(observation)
+        n_envs, n_cand = len(obs), self.n_candidates
+        goals = None
+        if goal is not None:
+            goals = torch.as_tensor(np.asarray(goal, dtype=np.float32), device=self.device)
+            goals = goals.reshape(-1, goals.shape[-1]).expand(n_envs, -1)
+        ctx = GuideContext(
+            spec=self.spec,
+            normalizer=self.normalizer,
+            n_envs=n_envs,
+            n_candidates=n_cand,
+            observation=obs,
+            goal=goals,
+            return_range=self.return_range,
+            device=self.device,
+        )
+        warm = None
+        if warm_start_from is not None:
+            warm = warm_start_from.repeat_interleave(n_cand, dim=0)
+        samples = self.diffusion.sample(
+            n_envs * n_cand,
+            guide=self.guide,
+            ctx=ctx,
+            sampler=self.sampler,
+            steps=self.sampling_steps,
+            eta=self.eta,
+            warm_start=warm,
+            warm_start_t=self.warm_start_t if warm is not None else None,
+            generator=self.generator,
+        )
+        plans = self.normalizer.unnormalize(samples.x)
+        known = self.guide.inpaint(ctx)  # restore fixed entries exactly (no round-off) in env units
+        if known is not None:
+            plans = known.apply(plans)
+        scores = self.guide.score(plans, ctx)
+        if scores is not None:
+            best_index = scores.view(n_envs, n_cand).argmax(dim=1)
+        else:
+            best_index = torch.zeros(n_envs, dtype=torch.long, device=self.device)
+        rows = torch.arange(n_envs, device=self.device) * n_cand + best_index
+        diagnostics = {k: v[rows] for k, v in self.guide.diagnostics(plans, ctx).items()}
+        plan = Plan(
+            candidates=plans.view(n_envs, n_cand, *plans.shape[1:]),
+            scores=None if scores is None else scores.view(n_envs, n_cand),
+            best=plans[rows],
+            best_normalized=samples.x[rows],
+            best_index=best_index,
+            diagnostics=diagnostics,
+        )
+        self.last_plan = plan
+        return plan
+
+    def _shifted(self, plans: torch.Tensor, since: np.ndarray) -> torch.Tensor:
+        """Plans (E, H, D) moved forward by the planned steps executed since, last step repeated."""
+        shift = torch.as_tensor(since // self.spec.stride, device=self.device)
+        horizon = self.spec.horizon
+        index = (torch.arange(horizon, device=self.device)[None] + shift[:, None]).clamp(
+            max=horizon - 1
+        )
+        rows = torch.arange(len(index), device=self.device)[:, None]
+        return plans[rows, index]
+
+    def act(self, observation, goal=None) -> np.ndarray:
+        """The action for each env, (act_dim,) or (E, act_dim), env units."""
+        obs, single = self._check_observation(observation)
+        n_envs = len(obs)
+        if self._since_plan is None or len(self._since_plan) != n_envs:
+            self._since_plan = np.full(n_envs, -1)
+            self._plans = self._plans_normalized = None
+        due = self._since_plan < 0
+        if self.replan_every > 0:
+            due |= self._since_plan >= self.replan_every
+        if due.any():
+            self._replan(obs, goal, np.flatnonzero(due))
+        offsets = torch.as_tensor(self._since_plan, device=self.device)
+        if self.action_mode == "diffused":
+            step = (offsets // self.spec.stride).clamp(max=self.spec.horizon - 1)
+            actions = self.spec.actions(self._plans)[torch.arange(n_envs), step]
+        else:
+            actions = self.tracker(
+                self.spec.observations(self._plans), obs, offsets, self.spec.stride
+            )
+        self._since_plan += 1
+        actions = actions.detach().cpu().numpy()
+        return actions[0] if single else actions
+
+    def _replan(self, obs: torch.Tensor, goal, env_indices: np.ndarray) -> None:
+        n_envs = len(obs)
+        goal_sub = None
+        if goal is not None:
+            goal_arr = np.asarray(goal, dtype=np.float32)
+            goal_sub = goal_arr[env_indices] if goal_arr.ndim > 1 else goal_arr
+        index = torch.as_tensor(env_indices, device=self.device)
+        warm = None
+        since = self._since_plan[env_indices]
+        if self.warm_start and self._plans_normalized is not None and (since >= 0).all():
+            warm = self._shifted(self._plans_normalized[index], since)
+        plan = self.plan(obs[index], goal_sub, warm_start_from=warm)
+        if self._plans is None or len(self._plans) != n_envs:
+            shape = (n_envs, self.spec.horizon, self.spec.transition_dim)
+            self._plans = torch.zeros(shape, device=self.device)
+            self._plans_normalized = torch.zeros(shape, device=self.device)
+        self._plans[index] = plan.best
+        self._plans_normalized[index] = plan.best_normalized
+        self._since_plan[env_indices] = 0

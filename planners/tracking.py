@@ -1,0 +1,55 @@
+"""A PD controller that follows the planned states instead of executing the diffused actions.
+
+This is the Maze2D protocol of Diffuser: the plan gives positions and velocities; the action
+pushes the current state toward the planned one `lookahead` env steps ahead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PDTracker:
+    """action = kp * (planned_pos - pos) + kd * (planned_vel - vel), clipped to the action box."""
+
+    position_dims: Sequence[int] = (0, 1)
+    velocity_dims: Sequence[int] = (2, 3)
+    kp: float = 10.0
+    kd: float = 1.0
+    lookahead: int = 1
+    action_low: float | None = -1.0
+    action_high: float | None = 1.0
+
+    def target(self, plan_obs: torch.Tensor, offset: torch.Tensor, stride: int) -> torch.Tensor:
+        """Planned state `lookahead` env steps after `offset`, interpolated between planned steps.
+
+        plan_obs: (E, H, obs_dim) env units; offset: (E,) env steps since the plan was made.
+        Past the plan's end the last planned position is held at rest.
+        """
+        horizon = plan_obs.shape[1]
+        position = (offset.float() + self.lookahead) / stride
+        low = position.floor().long().clamp(max=horizon - 1)
+        high = (low + 1).clamp(max=horizon - 1)
+        frac = (position - low.float()).clamp(0, 1)[:, None]
+        rows = torch.arange(len(plan_obs))
+        target = (1 - frac) * plan_obs[rows, low] + frac * plan_obs[rows, high]
+        held = plan_obs[:, -1].clone()
+        held[:, list(self.velocity_dims)] = 0.0
+        return torch.where((position >= horizon - 1)[:, None], held, target)
+
+    def __call__(
+        self, plan_obs: torch.Tensor, observation: torch.Tensor, offset: torch.Tensor, stride: int
+    ) -> torch.Tensor:
+        """(E, H, obs_dim), (E, obs_dim), (E,) -> (E, len(position_dims)) actions."""
+        target = self.target(plan_obs, offset, stride)
+        pos, vel = list(self.position_dims), list(self.velocity_dims)
+        action = self.kp * (target[:, pos] - observation[:, pos]) + self.kd * (
+            target[:, vel] - observation[:, vel]
+        )
+        if self.action_low is not None or self.action_high is not None:
+            action = action.clamp(self.action_low, self.action_high)
+        return action
