@@ -5,7 +5,7 @@ A guide implements any subset of four hooks (all optional; the defaults do nothi
     inpaint(ctx)          -> Inpainting in env units   fix entries of the plan (start, goal, ...)
     gradient(x, ctx)      -> (B, H, D) tensor          a step added to normalized x_t
     model_inputs(ctx)     -> ModelInputs               condition the denoiser (e.g. a return)
-    score(plans, ctx)     -> (B,) tensor               rank finished plans (env units), higher = better
+    score(plans, ctx)     -> (B,) tensor               rank finished plans (env units; higher wins)
 
 Shapes: B = E * N (E environments x N candidates, environment-major), H = horizon,
 D = act_dim + obs_dim laid out as `TrajectorySpec` says. Guides speak env units; the context

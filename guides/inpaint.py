@@ -19,7 +19,7 @@ def _fixed_states(
     values: torch.Tensor,
     what: str,
 ) -> Inpainting:
-    """Inpainting of observation `dims` at planned `steps` to `values` (E or 1, len(steps), len(dims))."""
+    """Fix observation `dims` at planned `steps` to `values`: (E or 1, len(steps), len(dims))."""
     spec = ctx.spec
     columns = spec.observation_dims(list(dims))
     rows = []
