@@ -1,0 +1,149 @@
+"""MPC planner and inpainting guides on a small (untrained) model: shapes, exact
+conditioning, errors, the replanning schedule, warm starts and the PD tracker."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffplan.diffusion import Diffusion
+from diffplan.networks import TemporalUnet
+from diffplan.normalizer import Normalizer
+from diffplan.spec import TrajectorySpec
+from guides import Goal, Waypoints
+from planners import MPCPlanner, PDTracker
+
+SPEC = TrajectorySpec(obs_dim=4, act_dim=2, horizon=16, stride=1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    diffusion = Diffusion(TemporalUnet(SPEC.transition_dim, 16, (1, 2)), SPEC, n_timesteps=10)
+    rng = np.random.default_rng(0)
+    data = np.concatenate(
+        [rng.uniform(-1, 1, (2000, 2)), rng.uniform(-2, 2, (2000, 2)), rng.normal(0, 1, (2000, 2))],
+        axis=1,
+    ).astype(np.float32)
+    return diffusion, Normalizer.fit("limits", data)
+
+
+def make_planner(model, **settings):
+    diffusion, normalizer = model
+    settings.setdefault("n_candidates", 4)
+    settings.setdefault("sampling_steps", 3)
+    return MPCPlanner(diffusion, normalizer, SPEC, **settings)
+
+
+def test_action_shapes_and_bounds_single_and_batch(model):
+    planner = make_planner(model)
+    single = planner.act(np.zeros(4))
+    assert single.shape == (2,)
+    planner.reset()
+    batch = planner.act(np.zeros((3, 4)))
+    assert batch.shape == (3, 2)
+    # The data's actions lie in [-1, 1]; a limits normalizer with clipped x0 keeps them there.
+    assert np.all(np.abs(batch) <= 1.0 + 1e-5)
+    assert planner.last_plan.candidates.shape == (3, 4, SPEC.horizon, SPEC.transition_dim)
+
+
+def test_start_and_goal_inpainted_exactly(model):
+    planner = make_planner(model, guide=[Goal(zero_velocity=True)])
+    obs = np.array([[0.5, -0.5, 0.1, 0.2], [-1.0, 1.0, 0.0, 0.0]], dtype=np.float32)
+    goal = np.array([[1.5, 1.5], [-1.5, 0.25]], dtype=np.float32)
+    plan = planner.plan(obs, goal)
+    observations = SPEC.observations(plan.candidates)  # (E, N, H, obs_dim)
+    assert torch.equal(observations[:, :, 0], torch.as_tensor(obs)[:, None].expand(-1, 4, -1))
+    assert torch.equal(observations[:, :, -1, :2], torch.as_tensor(goal)[:, None].expand(-1, 4, -1))
+    assert torch.all(observations[:, :, -1, 2:] == 0)
+    # The goal's score ranks candidates: the chosen one has the highest score.
+    assert torch.equal(plan.best_index, plan.scores.argmax(dim=1))
+
+
+def test_waypoints_and_conflicts(model):
+    planner = make_planner(model, guide=[Waypoints([5, 10], [[0.1, 0.2], [0.3, 0.4]])])
+    plan = planner.plan(np.zeros(4))
+    assert torch.allclose(
+        SPEC.observations(plan.best)[0, [5, 10], :2], torch.tensor([[0.1, 0.2], [0.3, 0.4]])
+    )
+    clash = make_planner(model, guide=[Goal([1.0, 1.0], step=5), Waypoints([5], [[0.0, 0.0]])])
+    with pytest.raises(ValueError, match="same plan entry"):
+        clash.plan(np.zeros(4))
+
+
+def test_bad_inputs_are_clear_errors(model):
+    planner = make_planner(model, guide=[Goal()])
+    with pytest.raises(ValueError, match="obs_dim=4"):
+        planner.act(np.zeros(3), goal=[0.0, 0.0])
+    with pytest.raises(ValueError, match="NaN"):
+        planner.act(np.array([0.0, np.nan, 0.0, 0.0]), goal=[0.0, 0.0])
+    with pytest.raises(ValueError, match="outside the range of the training data"):
+        planner.act(np.zeros(4), goal=[10.0, 0.0])
+    with pytest.raises(ValueError, match="no position"):
+        planner.act(np.zeros(4))
+
+
+def test_replans_on_schedule_and_after_reset(model, monkeypatch):
+    planner = make_planner(model, replan_every=4)
+    calls = []
+    original = planner.plan
+    monkeypatch.setattr(planner, "plan", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for _ in range(8):
+        planner.act(np.zeros((2, 4)))
+    assert len(calls) == 2  # steps 0 and 4
+    planner.reset([1])
+    planner.act(np.zeros((2, 4)))
+    assert len(calls) == 3
+    open_loop = make_planner(model, replan_every=0)
+    # Diffused actions step through the one plan: the k-th action is the plan's k-th action.
+    plan_actions = None
+    for k in range(5):
+        action = open_loop.act(np.zeros(4))
+        if plan_actions is None:
+            plan_actions = SPEC.actions(open_loop.last_plan.best)[0].numpy()
+        np.testing.assert_allclose(action, plan_actions[k], atol=1e-6)
+
+
+def test_warm_start_continues_from_the_shifted_previous_plan(model, monkeypatch):
+    planner = make_planner(model, warm_start=True, warm_start_t=2, replan_every=2)
+    diffusion = planner.diffusion
+    seen = []
+    original = diffusion.sample
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("warm_start"), kwargs.get("warm_start_t")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(diffusion, "sample", spy)
+    planner.act(np.zeros((2, 4)))
+    first = planner.last_plan.best_normalized.clone()  # (E, H, D)
+    planner.act(np.zeros((2, 4)))
+    planner.act(np.zeros((2, 4)))  # replans here, two env steps after the first plan
+    assert seen[0][0] is None  # nothing to continue from on the first call
+    warm, level = seen[1]
+    assert level == 2
+    shifted = torch.cat([first[:, 2:], first[:, -1:].expand(-1, 2, -1)], dim=1)
+    assert torch.equal(warm, shifted.repeat_interleave(4, dim=0))
+    planner.reset()
+    planner.act(np.zeros((2, 4)))
+    assert seen[2][0] is None  # a new episode starts cold
+
+
+def test_pd_tracker_interpolates_and_holds():
+    tracker = PDTracker(kp=2.0, kd=0.5, lookahead=1, action_low=None, action_high=None)
+    plan = torch.zeros(1, 4, 4)
+    plan[0, :, 0] = torch.tensor([0.0, 1.0, 2.0, 3.0])  # x advances 1 per planned step
+    plan[0, :, 2] = 1.0  # vx
+    obs = torch.zeros(1, 4)
+    # stride 2, offset 0: target is halfway between planned steps 0 and 1 -> x = 0.5
+    action = tracker(plan, obs, torch.tensor([0]), stride=2)
+    assert torch.allclose(action, torch.tensor([[2.0 * 0.5 + 0.5 * 1.0, 0.0]]))
+    # Past the end: hold the last position, at rest.
+    action = tracker(plan, obs, torch.tensor([10]), stride=2)
+    assert torch.allclose(action, torch.tensor([[2.0 * 3.0, 0.0]]))
+
+
+def test_strided_plans_need_tracking_for_open_loop(model):
+    diffusion, normalizer = model
+    strided = TrajectorySpec(obs_dim=4, act_dim=2, horizon=16, stride=4)
+    with pytest.raises(ValueError, match="track"):
+        MPCPlanner(diffusion, normalizer, strided, replan_every=0)
