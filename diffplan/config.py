@@ -155,6 +155,11 @@ def _coerce(value: typing.Any, annotation: typing.Any, where: str, source: str) 
     if annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `2e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"config key '{where}' in {source} must be a number, got {value!r}")
     if annotation is str:
         if isinstance(value, str):

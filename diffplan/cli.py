@@ -1,0 +1,302 @@
+"""The `diffplan` command: one function per subcommand, registered in `SUBCOMMANDS`.
+
+To add a subcommand, write `add_<name>_args(parser)` and `cmd_<name>(args) -> int`, and append
+`Subcommand(...)` to `SUBCOMMANDS`. Every expected failure (a `DiffplanError`, a missing input
+file, a bad value) ends as one line `diffplan: error: ...` on stderr and exit code 1; set
+DIFFPLAN_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffplan.errors import DiffplanError
+
+# ----------------------------------------------------------------------------- train
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--device", default=None, help="cpu | cuda | auto (default: train.device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.steps=500")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from diffplan.config import load_config
+    from diffplan.trainer import train
+
+    config = load_config(args.config, args.overrides)
+    path = train(
+        config,
+        args.out,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- sample
+
+
+def add_sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--n", type=int, default=16, help="number of trajectories")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: all)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddpm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--plot", default=None, metavar="PNG", help="plot the first two obs dims")
+    p.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="do not condition on start states (and returns) of stored training windows",
+    )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from diffplan.checkpoint import load_checkpoint
+    from diffplan.distributed import resolve_device
+
+    if args.n < 1:
+        raise DiffplanError(f"--n must be >= 1, got {args.n}")
+    model = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    gen = torch.Generator().manual_seed(args.seed)
+    inpaint, cond = (None, None) if args.unconditional else model.example_conditions(args.n, gen)
+    dev_gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    samples = model.diffusion.sample(
+        args.n,
+        inpaint=inpaint,
+        sampler=args.sampler,
+        steps=args.steps,
+        cond=cond,
+        generator=dev_gen,
+    )
+    plans = model.normalizer.unnormalize(samples.x).cpu()  # (N, H, D) env units
+    spec = model.spec
+    obs, act = spec.observations(plans), spec.actions(plans)
+    print(
+        f"sampled {args.n} plans with {args.sampler} ({len(model.diffusion.timesteps(args.steps))}"
+        f" steps) from {args.checkpoint} (step {model.step})"
+    )
+    print(
+        f"plans {tuple(plans.shape)}  observations {tuple(obs.shape)}  actions {tuple(act.shape)}"
+    )
+    print(f"{'dim':<8}{'mean':>10}{'std':>10}{'min':>10}{'max':>10}")
+    for name, part in (("obs", obs), ("act", act)):
+        flat = part.reshape(-1, part.shape[-1])
+        for d in range(flat.shape[-1]):
+            col = flat[:, d]
+            print(
+                f"{name}[{d}]".ljust(8)
+                + f"{col.mean():10.4f}{col.std():10.4f}{col.min():10.4f}{col.max():10.4f}"
+            )
+    if args.plot:
+        _plot_paths(obs, args.plot, title=f"{model.config.name}: {args.n} sampled plans")
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _plot_paths(obs, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for plan in obs:
+        y = plan[:, 1] if plan.shape[-1] > 1 else plan[:, 0] * 0
+        ax.plot(plan[:, 0], y, lw=1, alpha=0.7)
+        ax.plot(plan[0, 0], y[0], "k.", ms=4)
+    ax.set_xlabel("obs[0]")
+    ax.set_ylabel("obs[1]")
+    ax.set_title(title)
+    ax.set_aspect("equal", adjustable="datalim")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def add_info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from diffplan.checkpoint import load_checkpoint
+    from diffplan.networks import count_parameters
+
+    model = load_checkpoint(args.checkpoint)
+    c, s = model.config, model.spec
+    meta = model.raw.get("meta", {})
+    print(f"checkpoint   {model.path}  (format v{model.raw['version']}, step {model.step})")
+    print(f"run          {c.name}  data: {c.data.source} {c.data.dataset!r} ({c.data.normalizer})")
+    print(
+        f"spec         obs_dim {s.obs_dim}  act_dim {s.act_dim}  horizon {s.horizon}  "
+        f"stride {s.stride}  (plans span {(s.horizon - 1) * s.stride + 1} env steps)"
+    )
+    print(
+        f"model        TemporalUnet dim {c.model.dim} mults {c.model.dim_mults} "
+        f"params {count_parameters(model.diffusion.model):,}  cond_dim {model.cond_dim}"
+    )
+    d = c.diffusion
+    print(
+        f"diffusion    T={d.n_timesteps} {d.schedule} predict {d.prediction}  "
+        f"condition_steps {d.condition_steps}  clip {d.clip_denoised}"
+    )
+    t = c.train
+    print(f"train        steps {t.steps}  batch {t.batch_size}  lr {t.lr}  ema {t.ema_decay}")
+    if model.return_range is not None:
+        print(f"returns      range {model.return_range[0]:.3f} .. {model.return_range[1]:.3f}")
+    if meta:
+        print(
+            f"written by   torch {meta.get('torch')} on {meta.get('device')} "
+            f"x{meta.get('world_size', 1)}  at {meta.get('saved_at')}"
+        )
+    return 0
+
+
+# ----------------------------------------------------------------------------- data / refs
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["pointmaze"], help="which dataset family to generate")
+    p.add_argument("--maze", choices=["umaze", "medium", "large"], required=True)
+    p.add_argument("--dense", action="store_true", help="dense reward variant")
+    p.add_argument("--steps", type=int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--id", default=None, help="Minari dataset id (default: diffplan/pointmaze-...)")
+    p.add_argument("--root", default=None, help="datasets root (default: MINARI_DATASETS_PATH)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from diffplan.envs.pointmaze import generate_pointmaze_dataset
+
+    summary = generate_pointmaze_dataset(
+        args.maze,
+        dense=args.dense,
+        steps=args.steps,
+        seed=args.seed,
+        dataset_id=args.id,
+        root=args.root,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    for key, value in summary.items():
+        print(f"{key:24s} {value}")
+    return 0
+
+
+def add_refs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--env", choices=["pointmaze-umaze", "pointmaze-medium", "pointmaze-large"], required=True
+    )
+    p.add_argument("--dense", action="store_true")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=123)
+
+
+def cmd_refs(args: argparse.Namespace) -> int:
+    from diffplan.envs.pointmaze import measure_refs
+
+    maze = args.env.split("-", 1)[1]
+    refs = measure_refs(maze, args.dense, episodes=args.episodes, seed=args.seed)
+    print(f"{args.env} ({'dense' if args.dense else 'sparse'} reward)")
+    for key, value in refs.items():
+        print(f"{key:32s} {value:.3f}" if isinstance(value, float) else f"{key:32s} {value}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=["train"], help="what to measure")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from diffplan.bench import bench_train
+
+    bench_train(json_path=args.json, device=args.device, threads=args.threads)
+    return 0
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("train", "train a trajectory diffusion model", add_train_args, cmd_train),
+    Subcommand("sample", "sample plans from a checkpoint", add_sample_args, cmd_sample),
+    Subcommand("info", "describe a checkpoint", add_info_args, cmd_info),
+    Subcommand("data", "generate a dataset (PointMaze)", add_data_args, cmd_data),
+    Subcommand("refs", "measure reference scores (PointMaze)", add_refs_args, cmd_refs),
+    Subcommand("bench", "benchmark training and sampling speed", add_bench_args, cmd_bench),
+]
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other diffplan error."""
+
+    def error(self, message: str):
+        self.exit(2, f"diffplan: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from diffplan import __version__
+
+    parser = _OneLineParser(prog="diffplan", description="Trajectory-diffusion planning toolkit.")
+    parser.add_argument("--version", action="version", version=f"diffplan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in SUBCOMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_args(p)
+        p.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (DiffplanError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("DIFFPLAN_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, always
+        print(f"diffplan: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("diffplan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""torch.distributed helpers for multi-process training launched by `torchrun` (DDP).
+
+A single process (no RANK/WORLD_SIZE in the environment) is a world of size 1 and never
+touches torch.distributed, so the same trainer code runs with and without torchrun.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from diffplan.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """'cpu' | 'cuda' | 'cuda:N' | 'auto' (cuda when available) -> a device; cuda picks the
+    local rank's GPU under torchrun."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{device}' requested but CUDA is not available here")
+        return torch.device(device if ":" in device else f"cuda:{local_rank}")
+    if device != "cpu":
+        raise ConfigError(f"unknown device '{device}'; use cpu, cuda or auto")
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group when launched by torchrun (RANK and WORLD_SIZE set)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def local_rank_from_env() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean_across_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """All-reduce mean of a (detached) tensor, e.g. the loss for logging."""
+    if not info.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / info.world_size
+
+
+def gather_states(state: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's copy of a CPU byte tensor (e.g. an RNG state), in rank order."""
+    if not info.enabled:
+        return [state]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, state)
+    return [torch.as_tensor(s) for s in out]
+
+
+def replica_max_diff(module: torch.nn.Module, info: DistInfo) -> float:
+    """Largest |w - w_rank0| over all parameters and ranks (0.0 means identical replicas).
+
+    DDP keeps replicas in sync by averaging gradients; this checks that it really did.
+    """
+    if not info.enabled:
+        return 0.0
+    flat = torch.cat([p.detach().reshape(-1).float() for p in module.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    diff = (flat - reference).abs().max()
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff)
