@@ -292,6 +292,7 @@ class Diffusion(nn.Module):
             if use_gradient:
                 ctx.t, ctx.step, ctx.n_steps = t, i, len(ts)
                 ctx.posterior_variance = posterior_var
+                ctx.denoise = lambda x_t, t=t: self.predict(x_t, t, cond, cond_weight)[0]
                 for _ in range(guide.guide_steps):
                     with torch.enable_grad():
                         delta = guide.gradient(x, ctx)

@@ -15,6 +15,7 @@ contract, so that `diffplan` never imports `guides`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -91,6 +92,8 @@ class GuideContext:
     step: int = 0  # 0 .. n_steps-1, in sampling order
     n_steps: int = 1
     posterior_variance: torch.Tensor | None = None  # (B, 1, 1)
+    # x_t -> the model's x0 estimate (normalized, differentiable), for costs on a clean plan
+    denoise: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def batch_size(self) -> int:

@@ -5,15 +5,37 @@ A guide implements any of `inpaint`, `gradient`, `model_inputs`, `score` (see
 """
 
 from diffplan.guidance import Compose, Guide, GuideContext, Inpainting, ModelInputs
+from guides.constraints import (
+    ActionBounds,
+    Constraint,
+    Cost,
+    KeepOutBox,
+    KeepOutDisk,
+    Smoothness,
+    StateBounds,
+)
 from guides.inpaint import Goal, StartState, Waypoints
+from guides.returns import ReturnConditioning, ReturnTargetWarning
+from guides.value import ValueGuide, ValueRanking
 
 __all__ = [
+    "ActionBounds",
     "Compose",
+    "Constraint",
+    "Cost",
     "Goal",
     "Guide",
     "GuideContext",
     "Inpainting",
+    "KeepOutBox",
+    "KeepOutDisk",
     "ModelInputs",
+    "ReturnConditioning",
+    "ReturnTargetWarning",
+    "Smoothness",
     "StartState",
+    "StateBounds",
+    "ValueGuide",
+    "ValueRanking",
     "Waypoints",
 ]
