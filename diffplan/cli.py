@@ -225,6 +225,111 @@ def cmd_refs(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- evaluate
+
+
+def add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--env", choices=["pointmaze-umaze", "pointmaze-medium", "pointmaze-large"], required=True
+    )
+    p.add_argument("--dense", action="store_true", help="dense reward (refs measured for it)")
+    p.add_argument("--multi-task", action="store_true", help="random goal cell per episode")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--n-envs", type=int, default=10, help="environments planned in one batch")
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--planner", choices=["mpc", "open-loop"], default=None)
+    p.add_argument("--candidates", type=int, default=None, help="plans sampled per decision")
+    p.add_argument("--sampling-steps", type=int, default=None)
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None)
+    p.add_argument("--replan-every", type=int, default=None, help="env steps between plans")
+    p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--action-mode", choices=["track", "diffused"], default=None)
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", default=None, metavar="PNG", help="plans and paths of 4 episodes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from diffplan.checkpoint import load_checkpoint
+    from diffplan.goal_reaching import evaluate_checkpoint, settings_from_checkpoint
+
+    if args.json and Path(args.json).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.json} exists; pass --overwrite to replace it")
+    settings = settings_from_checkpoint(
+        load_checkpoint(args.checkpoint),
+        mode=args.planner,
+        n_candidates=args.candidates,
+        sampling_steps=args.sampling_steps,
+        sampler=args.sampler,
+        replan_every=args.replan_every,
+        warm_start=args.warm_start,
+        action_mode=args.action_mode,
+    )
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        args.env.split("-", 1)[1],
+        dense=args.dense,
+        multi_task=args.multi_task,
+        episodes=args.episodes,
+        n_envs=args.n_envs,
+        seed=args.seed,
+        settings=settings,
+        plot=args.plot,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    print(result.format_table())
+    print(f"  planner              {settings}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        payload = {**result.to_dict(), "planner": vars(settings), "checkpoint": args.checkpoint}
+        _write_json_atomically(payload, Path(args.json))
+        print(f"json: {args.json}")
+    if args.plot:
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _write_json_atomically(payload: dict, path: Path) -> None:
+    import json
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- train-value
+
+
+def add_train_value_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the diffusion model's checkpoint")
+    p.add_argument("--out", required=True, help="value checkpoint to write")
+    p.add_argument("--steps", type=int, default=None, help="default: value.steps of the config")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_train_value(args: argparse.Namespace) -> int:
+    from diffplan.value_training import train_value
+
+    path = train_value(
+        args.checkpoint,
+        args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(f"value checkpoint: {path}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench
 
 
@@ -259,6 +364,10 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("info", "describe a checkpoint", add_info_args, cmd_info),
     Subcommand("data", "generate a dataset (PointMaze)", add_data_args, cmd_data),
     Subcommand("refs", "measure reference scores (PointMaze)", add_refs_args, cmd_refs),
+    Subcommand("evaluate", "evaluate a planner on PointMaze (B1)", add_evaluate_args, cmd_evaluate),
+    Subcommand(
+        "train-value", "train a value network for guidance", add_train_value_args, cmd_train_value
+    ),
     Subcommand("bench", "benchmark training and sampling speed", add_bench_args, cmd_bench),
 ]
 
@@ -287,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (DiffplanError, FileNotFoundError, ValueError) as e:
+    except (DiffplanError, FileNotFoundError, FileExistsError, ValueError) as e:
         if os.environ.get("DIFFPLAN_DEBUG"):
             raise
         message = " ".join(str(e).split()) or type(e).__name__  # one line, always
