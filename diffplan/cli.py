@@ -334,13 +334,19 @@ def cmd_train_value(args: argparse.Namespace) -> int:
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["train"], help="what to measure")
+    p.add_argument("what", choices=["train", "plan"], help="train: B5 speeds; plan: B4 MPC speed")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "plan":
+        from diffplan.bench_plan import bench_plan, format_plan_table
+
+        report = bench_plan(json_path=args.json, device=args.device, threads=args.threads)
+        print(format_plan_table(report))
+        return 0
     from diffplan.bench import bench_train
 
     bench_train(json_path=args.json, device=args.device, threads=args.threads)
