@@ -1,5 +1,6 @@
 # make setup: .venv with torch (CPU build, pinned, installed first) + diffplan in editable mode.
-# make test:  ruff + pytest (offline). make demo: tiny train + sample. make bench: speed table.
+# make test:  ruff + pytest (offline). make demo: U-Maze dataset -> train -> plan -> score.
+# make bench: training (B5) and planning (B4) speed tables.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,11 +23,11 @@ test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 demo: setup
-	$(BIN)/diffplan train --config configs/tiny.yaml --out runs/demo --overwrite --no-progress
-	$(BIN)/diffplan sample --checkpoint runs/demo/last.pt --n 16 --plot runs/demo/samples.png
+	$(BIN)/python examples/pointmaze_demo.py --out runs/demo
 
 bench: setup
 	$(BIN)/diffplan bench train --json runs/bench/train.json
+	$(BIN)/diffplan bench plan --json runs/bench/plan.json
 
 format: setup
 	$(BIN)/ruff format .

@@ -29,7 +29,8 @@ setup(
     ],
     extras_require={
         # D4RL files are read with h5py; the `d4rl` package itself needs mujoco-py binaries.
-        "d4rl": ["h5py"],
+        # Optional: diffplan never imports it (it cannot run without mujoco-py binaries).
+        "d4rl": ["d4rl"],
         "dev": ["pytest", "ruff"],
     },
     entry_points={"console_scripts": ["diffplan = diffplan.cli:main"]},

@@ -212,13 +212,20 @@ def add_refs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense", action="store_true")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the refs as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
 
 def cmd_refs(args: argparse.Namespace) -> int:
     from diffplan.envs.pointmaze import measure_refs
 
     maze = args.env.split("-", 1)[1]
+    if args.json and Path(args.json).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.json} exists; pass --overwrite to replace it")
     refs = measure_refs(maze, args.dense, episodes=args.episodes, seed=args.seed)
+    if args.json:
+        payload = {"env": args.env, "dense": args.dense, "command": " ".join(sys.argv), **refs}
+        _write_json_atomically(payload, Path(args.json))
     print(f"{args.env} ({'dense' if args.dense else 'sparse'} reward)")
     for key, value in refs.items():
         print(f"{key:32s} {value:.3f}" if isinstance(value, float) else f"{key:32s} {value}")

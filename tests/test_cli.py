@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -86,3 +87,14 @@ def test_usage_error_is_one_line():
 def test_subcommands_are_registered():
     names = [c.name for c in SUBCOMMANDS]
     assert names[:6] == ["train", "sample", "info", "data", "refs", "bench"]
+
+
+def test_refs_json_has_documented_fields(tmp_path):
+    out = tmp_path / "refs.json"
+    assert main(["refs", "--env", "pointmaze-umaze", "--episodes", "2", "--json", str(out)]) == 0
+    refs = json.loads(out.read_text())
+    for key in ("ref_min", "ref_max", "episodes", "seed", "env", "dense", "command"):
+        assert key in refs, key
+    assert refs["ref_max"] > refs["ref_min"]  # the controller beats the random policy
+    # An existing result is never overwritten silently.
+    assert main(["refs", "--env", "pointmaze-umaze", "--episodes", "2", "--json", str(out)]) == 1
