@@ -6,12 +6,13 @@ and the README demo call it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from diffplan.checkpoint import load_checkpoint
+from diffplan.config import PlanConfig
 from diffplan.evaluation import EvalResult, evaluate_policy
 from guides import Goal, Guide
 from planners import MPCPlanner, PDTracker
@@ -19,43 +20,17 @@ from planners import MPCPlanner, PDTracker
 PLANNER_MODES = ("mpc", "open-loop")
 
 
-@dataclass
-class PlannerSettings:
-    """How the planner acts; defaults come from the checkpoint's `plan:` config section."""
-
-    mode: str = "mpc"  # mpc: replan every `replan_every` steps; open-loop: plan once, track
-    n_candidates: int = 16
-    sampler: str = "ddim"
-    sampling_steps: int = 10
-    warm_start: bool = False
-    warm_start_t: int | None = None
-    action_mode: str = "track"  # track | diffused
-    replan_every: int = 1
-    # Gains measured by tracking the dataset's own episodes: 20 / 2 followed them closest
-    # (mean position error 0.06 vs 0.10 for the data controller's 10 / 1).
-    kp: float = 20.0
-    kd: float = 2.0
-    lookahead: int = 1
-    seed: int = 0
+# The planner settings are the config's `plan:` section, so a checkpoint carries its defaults.
+PlannerSettings = PlanConfig
 
 
-def settings_from_checkpoint(loaded, **overrides) -> PlannerSettings:
-    plan = loaded.config.plan
-    settings = PlannerSettings(
-        n_candidates=plan.n_candidates,
-        sampler=plan.sampler,
-        sampling_steps=plan.sampling_steps,
-        warm_start=plan.warm_start,
-        warm_start_t=plan.warm_start_t,
-        action_mode=plan.action_mode,
-        replan_every=plan.replan_every,
-    )
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if not hasattr(settings, key):
-            raise ValueError(f"unknown planner setting '{key}'")
-        setattr(settings, key, value)
+def settings_from_checkpoint(loaded, **overrides) -> PlanConfig:
+    """The checkpoint's `plan:` settings with the non-None `overrides` applied."""
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(PlanConfig)})
+    if unknown:
+        raise ValueError(f"unknown planner setting '{unknown[0]}'")
+    settings = dataclasses.replace(loaded.config.plan, **changes)
     if settings.mode not in PLANNER_MODES:
         raise ValueError(f"planner must be one of {PLANNER_MODES}, got {settings.mode!r}")
     return settings

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from diffplan.config import config_from_dict
+from diffplan.config import PlanConfig, config_from_dict
 from diffplan.envs.pointmaze import generate_pointmaze_dataset
 from diffplan.evaluation import RandomPolicy, evaluate_policy
-from diffplan.goal_reaching import PlannerSettings, build_goal_planner, evaluate_checkpoint
+from diffplan.goal_reaching import build_goal_planner, evaluate_checkpoint
 from diffplan.trainer import train
 
 EPISODES, STEPS = 6, 120
@@ -51,7 +51,7 @@ def final_distances(result):
 
 
 def test_planner_beats_random_policy_on_umaze(checkpoint):
-    settings = PlannerSettings(n_candidates=8, sampling_steps=5, replan_every=8)
+    settings = PlanConfig(n_candidates=8, sampling_steps=5, replan_every=8, action_mode="track")
     planner = build_goal_planner(checkpoint, settings)
     kwargs = dict(
         episodes=EPISODES,
@@ -69,7 +69,7 @@ def test_planner_beats_random_policy_on_umaze(checkpoint):
 
 
 def test_evaluate_checkpoint_writes_documented_json_and_plot(checkpoint, tmp_path):
-    settings = PlannerSettings(n_candidates=4, sampling_steps=3, mode="open-loop")
+    settings = PlanConfig(n_candidates=4, sampling_steps=3, mode="open-loop", action_mode="track")
     plot = tmp_path / "plans.png"
     result = evaluate_checkpoint(
         checkpoint,
