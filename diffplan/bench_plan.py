@@ -60,7 +60,8 @@ RECIPES = [
     Recipe("DDIM 5, value ranking, N=64", "ddim", 5, 64, "value-ranking"),
     Recipe("warm start at T/4, DDIM 3, ranking, N=64", "ddim", 3, 64, "value-ranking", 0.25),
     Recipe("warm start at T/4, DDIM 3, ranking, N=16", "ddim", 3, 16, "value-ranking", 0.25),
-    Recipe("goal inpainting, DDIM 16, N=16 (B1 setting)", "ddim", 16, 16, "goal"),
+    Recipe("goal inpainting, DDIM 16, N=16", "ddim", 16, 16, "goal"),
+    Recipe("goal inpainting, warm start T/4, DDIM 3, N=16", "ddim", 3, 16, "goal", 0.25),
 ]
 
 

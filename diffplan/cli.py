@@ -251,6 +251,7 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None)
     p.add_argument("--replan-every", type=int, default=None, help="env steps between plans")
     p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--warm-start-t", type=int, default=None, help="noise level of warm starts")
     p.add_argument("--action-mode", choices=["track", "diffused"], default=None)
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="plans and paths of 4 episodes")
@@ -273,6 +274,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         replan_every=args.replan_every,
         warm_start=args.warm_start,
+        warm_start_t=args.warm_start_t,
         action_mode=args.action_mode,
     )
     result = evaluate_checkpoint(

@@ -43,7 +43,17 @@ CSV_FIELDS = ("step", "loss", "lr", "grad_norm")
 
 
 def load_episodes(config: Config) -> Episodes:
-    """The dataset named by `config.data` (minari | d4rl | synthetic)."""
+    """The dataset named by `config.data` (minari | d4rl | synthetic), with its rewards
+    relabelled for `data.reward_goal` when set (`diffplan.data.relabel`)."""
+    episodes = _load_source(config)
+    if config.data.reward_goal is not None:
+        from diffplan.data.relabel import relabel_rewards
+
+        episodes = relabel_rewards(episodes, config.data.reward_goal, config.data.reward_type)
+    return episodes
+
+
+def _load_source(config: Config) -> Episodes:
     data = config.data
     if data.source == "synthetic":
         from diffplan.data.synthetic import make_synthetic
@@ -194,6 +204,7 @@ def _train(
         discount=config.data.discount,
         termination_penalty=config.data.termination_penalty,
         conditions=("returns",),
+        return_horizon=config.data.return_horizon,
     )
     return_range = None
     if config.model.return_conditioning:

@@ -115,6 +115,7 @@ def train_value(
         discount=discount,
         termination_penalty=termination_penalty,
         conditions=("returns",),
+        return_horizon=config.data.return_horizon,
     )
     lo, hi = windows.return_range
     diffusion = loaded.diffusion

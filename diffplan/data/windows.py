@@ -37,20 +37,34 @@ def fit_normalizer(episodes: Episodes, kind: str, **kwargs) -> Normalizer:
 
 
 def returns_to_go(
-    episodes: Episodes, discount: float, termination_penalty: float = 0.0
+    episodes: Episodes,
+    discount: float,
+    termination_penalty: float = 0.0,
+    horizon: int | None = None,
 ) -> np.ndarray:
     """Discounted return from every step to the end of its episode, (N,) float64.
 
     ``termination_penalty`` is added to the last reward of episodes that ended by termination.
+    ``horizon`` h: the discounted return over the h steps from each step instead,
+    sum_{k<h} discount^k r_{t+k}; past the episode's end the last reward repeats (the ball stays
+    where the ``pad`` end policy leaves it), or is zero if the episode ended by termination.
     """
+    if horizon is not None and horizon < 1:
+        raise ConfigError(f"return horizon must be >= 1 env step, got {horizon}")
     rewards = episodes.rewards.astype(np.float64)
     out = np.empty_like(rewards)
     for start, length in zip(episodes.episode_starts, episodes.lengths, strict=True):
         r = rewards[start : start + length].copy()
-        if episodes.terminations[start + length - 1]:
+        terminated = episodes.terminations[start + length - 1]
+        if terminated:
             r[-1] += termination_penalty
+        if horizon is not None:  # extend by h steps, then G^h_t = G_t - discount^h G_{t+h}
+            r = np.concatenate([r, np.full(horizon, 0.0 if terminated else r[-1])])
         # G_t = r_t + discount * G_{t+1} is an IIR filter over the reversed rewards
-        out[start : start + length] = lfilter([1.0], [1.0, -discount], r[::-1])[::-1]
+        g = lfilter([1.0], [1.0, -discount], r[::-1])[::-1]
+        if horizon is not None:
+            g = g[:length] - discount**horizon * g[horizon : horizon + length]
+        out[start : start + length] = g
     return out
 
 
@@ -60,7 +74,8 @@ class TrajectoryWindows(torch.utils.data.Dataset):
     Each item is a dict of tensors (float32 except ``valid``): ``x (H, D)`` normalized
     [action | observation], ``valid (H,)`` bool (True where the planned step lies inside the
     episode), and the requested
-    ``conditions``: ``returns (1,)`` discounted return-to-go from the window's first step,
+    ``conditions``: ``returns (1,)`` discounted return-to-go from the window's first step
+    (over ``return_horizon`` env steps when given, see `returns_to_go`),
     ``start``/``end (obs_dim,)`` normalized first/last planned observation, ``goal
     (goal_dim,)`` in env units at the first step (only when the episodes have goals).
     """
@@ -74,6 +89,7 @@ class TrajectoryWindows(torch.utils.data.Dataset):
         discount: float = 0.99,
         termination_penalty: float = 0.0,
         conditions: Sequence[str] | None = None,
+        return_horizon: int | None = None,
     ) -> None:
         if end_policy not in END_POLICIES:
             raise ConfigError(f"end_policy '{end_policy}' is unknown; choose 'pad' or 'drop'")
@@ -120,7 +136,8 @@ class TrajectoryWindows(torch.utils.data.Dataset):
         pad = np.concatenate([np.zeros(spec.act_dim), episodes.observations[0]])[None]
         self._pad_action = normalizer.normalize(pad.astype(np.float32))[0, spec.action_slice]
         self._offsets = np.arange(spec.horizon, dtype=np.int64) * spec.stride
-        self._rtg = returns_to_go(episodes, discount, termination_penalty).astype(np.float32)
+        rtg = returns_to_go(episodes, discount, termination_penalty, return_horizon)
+        self._rtg = rtg.astype(np.float32)
 
     def __len__(self) -> int:
         return len(self._starts)
