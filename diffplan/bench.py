@@ -26,6 +26,7 @@ from diffplan.spec import TrajectorySpec
 from diffplan.trainer import ema_update
 
 TINY_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+POINTMAZE_CONFIG = TINY_CONFIG.with_name("pointmaze-umaze.yaml")
 
 
 def _sync(device: torch.device) -> None:
@@ -135,6 +136,11 @@ def bench_train(
         # The tiny config on its synthetic data (2-D point: act 2 + obs 2).
         ("tiny", tiny, TrajectorySpec(2, 2, tiny.model.horizon, tiny.model.stride)),
     ]
+    if POINTMAZE_CONFIG.is_file():  # the network the PointMaze results use (act 2 + obs 4)
+        maze = load_config(POINTMAZE_CONFIG)
+        models.append(
+            ("pointmaze", maze, TrajectorySpec(4, 2, maze.model.horizon, maze.model.stride))
+        )
     wall = time.perf_counter()
     rows = [bench_model(name, cfg, spec, dev, budget_s) for name, cfg, spec in models]
     if dev.type == "cuda":
@@ -178,3 +184,36 @@ def format_table(report: dict) -> str:
         f"ddpm = {report['models'][0]['ddpm_sample_steps']}-step DDPM sample"
     )
     return "\n".join(lines)
+
+
+def bench_data(dataset: str, json_path: str | None = None) -> dict:
+    """Time and peak memory of loading a Minari dataset into `Episodes` (B5), against the
+    raw size of its arrays."""
+    from diffplan.data import load_minari
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    episodes = load_minari(dataset)
+    seconds = time.perf_counter() - start
+    arrays = [episodes.observations, episodes.actions, episodes.rewards]
+    arrays += [episodes.terminations, episodes.truncations]
+    if episodes.goals is not None:
+        arrays.append(episodes.goals)
+    report = {
+        "dataset": dataset,
+        "episodes": len(episodes),
+        "steps": episodes.n_steps,
+        "load_s": seconds,
+        "raw_arrays_mib": sum(a.nbytes for a in arrays) / 2**20,
+        "peak_rss_before_mib": rss_before,
+        "peak_rss_after_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    print(
+        f"{dataset}: {report['episodes']} episodes, {report['steps']} steps loaded in "
+        f"{seconds:.1f} s; raw arrays {report['raw_arrays_mib']:.0f} MiB; peak RSS "
+        f"{report['peak_rss_before_mib']:.0f} -> {report['peak_rss_after_mib']:.0f} MiB"
+    )
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return report

@@ -343,7 +343,12 @@ def cmd_train_value(args: argparse.Namespace) -> int:
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["train", "plan"], help="train: B5 speeds; plan: B4 MPC speed")
+    p.add_argument(
+        "what",
+        choices=["train", "plan", "data"],
+        help="train: B5 training speed; plan: B4 MPC speed; data: B5 dataset loading",
+    )
+    p.add_argument("--dataset", default="diffplan/pointmaze-umaze-v0", help="for `bench data`")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -356,8 +361,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = bench_plan(json_path=args.json, device=args.device, threads=args.threads)
         print(format_plan_table(report))
         return 0
-    from diffplan.bench import bench_train
+    from diffplan.bench import bench_data, bench_train
 
+    if args.what == "data":
+        bench_data(args.dataset, json_path=args.json)
+        return 0
     bench_train(json_path=args.json, device=args.device, threads=args.threads)
     return 0
 
