@@ -28,6 +28,7 @@ demo: setup
 bench: setup
 	$(BIN)/diffplan bench train --json runs/bench/train.json
 	$(BIN)/diffplan bench plan --json runs/bench/plan.json
+	$(BIN)/diffplan bench data --json runs/bench/data.json
 
 format: setup
 	$(BIN)/ruff format .
