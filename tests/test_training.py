@@ -102,3 +102,30 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     train(tiny(STEPS), tmp_path, resume=True, progress=False)
     assert read_checkpoint(tmp_path / "last.pt")["step"] == STEPS
     assert [s for s, _ in read_losses(tmp_path)] == list(range(1, STEPS + 1))
+
+
+def test_trains_on_a_d4rl_file_with_the_locomotion_config(tmp_path):
+    """The D4RL path end to end: an HDF5 file in the D4RL layout, Diffuser's hopper config
+    (shrunk), a checkpoint whose spec and normalizer match the file."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n, obs_dim, act_dim = 400, 11, 3
+    timeouts = np.zeros(n, bool)
+    timeouts[199] = timeouts[399] = True
+    path = tmp_path / "hopper-medium-v2.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"] = rng.normal(size=(n, obs_dim)).astype(np.float32)
+        f["actions"] = rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32)
+        f["rewards"] = rng.uniform(0, 1, size=n).astype(np.float32)
+        f["terminals"] = np.zeros(n, bool)
+        f["timeouts"] = timeouts
+    config = load_config(
+        TINY.with_name("hopper-medium-v2.yaml"),
+        [f"data.dataset={path}", "model.horizon=8", "model.dim=8", "model.dim_mults=[1,2]",
+         "train.steps=4", "train.save_every=4", "train.device=cpu"],
+    )  # fmt: skip
+    loaded = load_checkpoint(train(config, tmp_path / "run", progress=False))
+    assert (loaded.spec.obs_dim, loaded.spec.act_dim, loaded.step) == (obs_dim, act_dim, 4)
+    assert loaded.normalizer.kind == "gaussian"  # Diffuser's locomotion normalizer
