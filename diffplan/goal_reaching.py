@@ -54,7 +54,7 @@ def build_goal_planner(
         loaded.diffusion,
         loaded.normalizer,
         loaded.spec,
-        guide=[Goal(zero_velocity=True), *extra_guides],
+        guide=[Goal(zero_velocity=True, arrival="first-plan"), *extra_guides],
         n_candidates=settings.n_candidates,
         sampler=settings.sampler,
         sampling_steps=settings.sampling_steps,

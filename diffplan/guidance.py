@@ -85,6 +85,7 @@ class GuideContext:
     n_candidates: int = 1
     observation: torch.Tensor | None = None  # (E, obs_dim) env units: the current state
     goal: torch.Tensor | None = None  # (E, goal_dim) env units, when the task has a goal
+    episode_step: torch.Tensor | None = None  # (E,) env steps since each episode began
     return_range: tuple[float, float] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # Filled in by the sampler at each denoising step:

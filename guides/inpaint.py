@@ -72,6 +72,11 @@ class Goal(Guide):
     position: (goal_dim,) or (E, goal_dim) env units; None takes the goal the planner was given.
     dims: observation dims holding the position (PointMaze: x, y = 0, 1).
     zero_velocity: also fix `velocity_dims` to 0 at that step (Diffuser's Maze2D targets).
+    arrival: "end" fixes the goal at `step` of every plan. "first-plan" is for replanning
+        (MPC): every plan of an episode arrives when its first plan did, (H-1) * stride env
+        steps after the episode began, and holds the goal at every planned step after that;
+        so the horizon shrinks as the episode runs and a ball at the goal plans to stay.
+        (With "end", each replan moves the arrival H-1 planned steps into the future.)
     Its score prefers plans that get close early: minus the mean distance to the goal over
     the plan, a proxy for the time spent at the goal.
     """
@@ -84,7 +89,13 @@ class Goal(Guide):
         zero_velocity: bool = False,
         velocity_dims: Sequence[int] = (2, 3),
         score_weight: float = 1.0,
+        arrival: str = "end",
     ):
+        if arrival not in ("end", "first-plan"):
+            raise ValueError(f"Goal arrival must be 'end' or 'first-plan', got {arrival!r}")
+        if arrival == "first-plan" and step != -1:
+            raise ValueError("Goal(arrival='first-plan') chooses the step itself; leave step=-1")
+        self.arrival = arrival
         self.position = None if position is None else torch.as_tensor(position, dtype=torch.float32)
         self.dims = list(dims)
         self.step = step
@@ -112,7 +123,20 @@ class Goal(Guide):
         if self.zero_velocity:
             dims += self.velocity_dims
             values = torch.cat([values, values.new_zeros(len(values), len(self.velocity_dims))], -1)
-        return _fixed_states(ctx, [self.step], dims, values[:, None, :], "Goal")
+        if self.arrival == "end" or ctx.episode_step is None:
+            return _fixed_states(ctx, [self.step], dims, values[:, None, :], "Goal")
+        # Hold the goal from the planned step at which the episode's first plan arrives.
+        spec = ctx.spec
+        elapsed = torch.div(ctx.episode_step.to(ctx.device), spec.stride, rounding_mode="floor")
+        arrive = (spec.horizon - 1 - elapsed).clamp(1, spec.horizon - 1)  # (E,)
+        held = torch.arange(spec.horizon, device=ctx.device)[None, :] >= arrive[:, None]
+        columns = torch.zeros(spec.transition_dim, dtype=torch.bool, device=ctx.device)
+        columns[spec.observation_dims(dims)] = True
+        mask = held[:, :, None] & columns  # (E, H, D)
+        full = torch.zeros(mask.shape, device=ctx.device)
+        full[:, :, spec.observation_dims(dims)] = values.to(ctx.device)[:, None, :]
+        _check_in_data_range(ctx, full, mask, "Goal")
+        return Inpainting(ctx.per_candidate(mask), ctx.per_candidate(full))
 
     def score(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
         positions = ctx.spec.observations(plans)[..., self.dims]  # (B, H, len(dims))

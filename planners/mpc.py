@@ -101,6 +101,7 @@ class MPCPlanner:
         self._plans: torch.Tensor | None = None  # (E, H, D) env units, current plan per env
         self._plans_normalized: torch.Tensor | None = None  # the same, normalized
         self._since_plan: np.ndarray | None = None  # (E,) env steps since each env's plan
+        self._episode_steps: np.ndarray | None = None  # (E,) env steps since each env's reset
 
     @classmethod
     def from_checkpoint(
@@ -125,10 +126,11 @@ class MPCPlanner:
     def reset(self, env_indices: list[int] | None = None) -> None:
         """Forget the plans of the given environments (all when None); call between episodes."""
         if env_indices is None or self._since_plan is None:
-            self._plans = self._plans_normalized = self._since_plan = None
+            self._plans = self._plans_normalized = self._since_plan = self._episode_steps = None
             self.guide.reset()
             return
         self._since_plan[list(env_indices)] = -1  # forces a new plan for those envs
+        self._episode_steps[list(env_indices)] = 0
 
     # ----- planning --------------------------------------------------------------------------
 
@@ -146,11 +148,19 @@ class MPCPlanner:
             raise ValueError("observation contains NaN or inf")
         return obs, single
 
-    def plan(self, observation, goal=None, warm_start_from: torch.Tensor | None = None) -> Plan:
+    def plan(
+        self,
+        observation,
+        goal=None,
+        warm_start_from: torch.Tensor | None = None,
+        episode_step=None,
+    ) -> Plan:
         """Sample and rank candidates for each env; observation (obs_dim,) or (E, obs_dim).
 
         warm_start_from: (E, H, D) normalized plans to start from (the MPC loop passes the
         shifted previous plans when warm starts are on).
+        episode_step: (E,) env steps since each env's episode began (for guides that plan
+        against the clock, e.g. `Goal(arrival="first-plan")`); the MPC loop passes it.
         """
         obs, _ = self._check_observation(observation)
         n_envs, n_cand = len(obs), self.n_candidates
@@ -165,6 +175,9 @@ class MPCPlanner:
             n_candidates=n_cand,
             observation=obs,
             goal=goals,
+            episode_step=None
+            if episode_step is None
+            else torch.as_tensor(np.asarray(episode_step), device=self.device).reshape(-1),
             return_range=self.return_range,
             device=self.device,
         )
@@ -220,6 +233,7 @@ class MPCPlanner:
         n_envs = len(obs)
         if self._since_plan is None or len(self._since_plan) != n_envs:
             self._since_plan = np.full(n_envs, -1)
+            self._episode_steps = np.zeros(n_envs, dtype=np.int64)
             self._plans = self._plans_normalized = None
         due = self._since_plan < 0
         if self.replan_every > 0:
@@ -235,6 +249,7 @@ class MPCPlanner:
                 self.spec.observations(self._plans), obs, offsets, self.spec.stride
             )
         self._since_plan += 1
+        self._episode_steps += 1
         actions = actions.detach().cpu().numpy()
         return actions[0] if single else actions
 
@@ -249,7 +264,8 @@ class MPCPlanner:
         since = self._since_plan[env_indices]
         if self.warm_start and self._plans_normalized is not None and (since >= 0).all():
             warm = self._shifted(self._plans_normalized[index], since)
-        plan = self.plan(obs[index], goal_sub, warm_start_from=warm)
+        episode_step = self._episode_steps[env_indices]
+        plan = self.plan(obs[index], goal_sub, warm_start_from=warm, episode_step=episode_step)
         if self._plans is None or len(self._plans) != n_envs:
             shape = (n_envs, self.spec.horizon, self.spec.transition_dim)
             self._plans = torch.zeros(shape, device=self.device)

@@ -147,3 +147,17 @@ def test_strided_plans_need_tracking_for_open_loop(model):
     strided = TrajectorySpec(obs_dim=4, act_dim=2, horizon=16, stride=4)
     with pytest.raises(ValueError, match="track"):
         MPCPlanner(diffusion, normalizer, strided, replan_every=0)
+
+
+def test_goal_first_plan_arrival_shrinks_the_horizon_and_holds_the_goal(model):
+    planner = make_planner(model, guide=[Goal(zero_velocity=True, arrival="first-plan")],
+                           replan_every=3)  # fmt: skip
+    goal = np.array([1.0, -1.0], dtype=np.float32)
+    for step in range(7):
+        planner.act(np.zeros(4), goal=goal)
+        observations = SPEC.observations(planner.last_plan.best[0])
+        if step in (0, 3, 6):  # a new plan: it arrives at planned step H-1-step and stays
+            arrive = SPEC.horizon - 1 - step
+            assert torch.all(observations[arrive:, :2] == torch.as_tensor(goal)), step
+            assert torch.all(observations[arrive:, 2:] == 0), step
+            assert not torch.all(observations[arrive - 1, :2] == torch.as_tensor(goal)), step
