@@ -257,15 +257,18 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default=None, metavar="PNG", help="plans and paths of 4 episodes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: half the cores)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from diffplan.checkpoint import load_checkpoint
+    from diffplan.distributed import set_cpu_threads
     from diffplan.goal_reaching import evaluate_checkpoint, settings_from_checkpoint
 
     if args.json and Path(args.json).exists() and not args.overwrite:
         raise FileExistsError(f"{args.json} exists; pass --overwrite to replace it")
+    set_cpu_threads(args.threads)
     settings = settings_from_checkpoint(
         load_checkpoint(args.checkpoint),
         mode=args.planner,

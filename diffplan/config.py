@@ -76,6 +76,7 @@ class TrainConfig:
     save_every: int = 1000
     seed: int = 0
     device: str = "auto"  # cpu | cuda | auto
+    threads: int = 0  # torch CPU threads; 0 = half the cores (see distributed.set_cpu_threads)
 
 
 @dataclass

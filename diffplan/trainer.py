@@ -32,6 +32,7 @@ from diffplan.distributed import (
     local_rank_from_env,
     replica_max_diff,
     resolve_device,
+    set_cpu_threads,
     shutdown,
 )
 from diffplan.errors import CheckpointError, ConfigError, DiffplanError
@@ -177,10 +178,10 @@ def _train(
             f"{info.world_size} processes"
         )
     local_batch = tc.batch_size // info.world_size
-    if info.enabled and dev.type == "cpu":
+    if dev.type == "cpu":
         # Processes share the cores; more threads than cores makes everyone slower.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        set_cpu_threads(tc.threads, local_world if info.enabled else 1)
     ckpt_path = out / "last.pt"
     if info.is_main:
         _prepare_out_dir(out, resume, overwrite)

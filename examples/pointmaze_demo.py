@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         summary = generate_pointmaze_dataset(
             "umaze", steps=args.dataset_steps, dataset_id=dataset_id
         )
-        print(f"      {summary['episodes']} episodes, mean length {summary['mean_length']:.1f}")
+        length, seconds = summary["mean_episode_length"], summary["wall_time_s"]
+        print(f"      {summary['episodes']} episodes, mean length {length:.1f}, {seconds:.0f} s")
 
     checkpoint = out / "last.pt"
     print(f"[2/3] training {args.steps} steps on the CPU (configs/pointmaze-umaze.yaml)")
