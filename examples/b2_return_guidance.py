@@ -1,0 +1,220 @@
+"""B2 (BENCHMARKS.md): return guidance without a goal on PointMaze Dense.
+
+One return-conditioned diffusion model (e.g. `configs/b2-umaze-dense.yaml`, rewards relabelled
+for the evaluation goal) and one value net (`diffplan train-value`) serve every variant; the
+planner is never told the goal (start-state inpainting only; `goals` passed by the evaluation
+loop are ignored). Each variant is an MPC loop: N candidates, DDIM, replan every k env steps,
+a PD tracker (kp 20, kd 2) following the chosen plan's states.
+
+    python examples/b2_return_guidance.py --checkpoint runs/b2/umaze/last.pt \\
+        --value runs/b2/umaze/value.pt --maze umaze --episodes 100 --n-envs 10
+
+Variants (--variants, comma separated):
+    unguided    one unconditional sample per env (no ranking)
+    value-guide Diffuser: gradient ascent on V (scale --value-scale, 2 steps, t_stopgrad 2,
+                scaled by the posterior variance), then best of N by V
+    value-rank  N unconditional samples, best by V (no gradients)
+    rc          return conditioning, CFG target 0.9 weight 1.2, one sample per env
+    rc-rank     return conditioning, then best of N by V
+    rc-guide    return conditioning plus value gradient (scale --value-scale), best of N by V
+Variants without ranking keep the first of N candidates, the same distribution as drawing
+one, so they sample N = 1 (4x-16x cheaper on the CPU); --full-n samples N for them too (only
+the timing changes). A value-guide variant per extra scale is added with
+--value-scale 0.1,1.0 (names value-guide@<scale>). Prints a table and writes JSON (never
+over an existing file unless --overwrite); the JSON is rewritten after every variant, so
+partial results survive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffplan.checkpoint import load_checkpoint
+from diffplan.evaluation import evaluate_policy
+from diffplan.value_training import load_value
+from guides import ReturnConditioning, ValueGuide, ValueRanking
+from planners import MPCPlanner, PDTracker
+
+VARIANTS = ("unguided", "value-guide", "value-rank", "rc", "rc-rank", "rc-guide")
+
+
+class GoallessPolicy:
+    """The evaluation's policy interface around an MPCPlanner that is never told the goal."""
+
+    def __init__(self, planner: MPCPlanner):
+        self.planner = planner
+        self.plan_time = 0.0
+        self.plan_calls = 0
+
+    def reset(self, env_indices: list[int] | None = None) -> None:
+        self.planner.reset()  # every row starts a new episode together (evaluate_policy)
+
+    def act(self, observations: np.ndarray, goals: np.ndarray) -> np.ndarray:
+        del goals  # B2: the planner must find the goal through the value / return alone
+        before = self.planner.last_plan
+        t0 = time.perf_counter()
+        actions = self.planner.act(observations)
+        elapsed = time.perf_counter() - t0
+        if self.planner.last_plan is not before:  # this call planned
+            self.plan_time += elapsed
+            self.plan_calls += 1
+        return actions
+
+
+def make_guides(variant: str, value, scale: float, target: float, weight: float) -> list:
+    if variant == "unguided":
+        return []
+    if variant.startswith("value-guide"):
+        return [ValueGuide(value, scale=scale, guide_steps=2, t_stopgrad=2, scale_grad_by_std=True)]
+    if variant == "value-rank":
+        return [ValueRanking(value)]
+    if variant == "rc":
+        return [ReturnConditioning(target, weight=weight)]
+    if variant == "rc-rank":
+        return [ReturnConditioning(target, weight=weight), ValueRanking(value)]
+    if variant == "rc-guide":
+        guide = ValueGuide(value, scale=scale, guide_steps=2, t_stopgrad=2, scale_grad_by_std=True)
+        return [ReturnConditioning(target, weight=weight), guide]
+    raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="return-conditioned diffusion model")
+    parser.add_argument("--value", required=True, help="value net for that model")
+    parser.add_argument("--maze", default="umaze", choices=("umaze", "medium", "large"))
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--n-envs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=123, help="evaluation seed (B1: 123)")
+    parser.add_argument("--variants", default=",".join(VARIANTS[:5]))
+    parser.add_argument("--value-scale", default="0.1", help="comma list; >1 adds variants")
+    parser.add_argument("--target", type=float, default=0.9, help="return target (normalized)")
+    parser.add_argument("--weight", type=float, default=1.2, help="CFG weight")
+    parser.add_argument("--n-candidates", type=int, default=16)
+    parser.add_argument("--sampling-steps", type=int, default=10)
+    parser.add_argument("--replan-every", type=int, default=16)
+    parser.add_argument("--warm-start", action="store_true")
+    parser.add_argument("--full-n", action="store_true", help="N candidates even unranked")
+    parser.add_argument("--json", help="output (default runs/b2/<maze>.json)")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.json or f"runs/b2/{args.maze}.json")
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"{out} exists; pass --overwrite or another --json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    loaded = load_checkpoint(args.checkpoint)
+    value = load_value(args.value, loaded)
+    scales = [float(s) for s in args.value_scale.split(",")]
+    runs: list[tuple[str, float]] = []
+    for variant in args.variants.split(","):
+        if variant == "value-guide" and len(scales) > 1:
+            runs += [(f"value-guide@{s:g}", s) for s in scales]
+        else:
+            runs.append((variant, scales[0]))
+
+    report = {
+        "benchmark": "B2",
+        "maze": args.maze,
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_step": loaded.step,
+        "value": str(args.value),
+        "data": loaded.config.to_dict()["data"],
+        "return_range": loaded.return_range,
+        "value_return_range": list(value.return_range),
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "episodes",
+                "n_envs",
+                "seed",
+                "target",
+                "weight",
+                "n_candidates",
+                "sampling_steps",
+                "replan_every",
+                "warm_start",
+                "full_n",
+                "threads",
+            )
+        },
+        "tracker": {"kp": 20.0, "kd": 2.0},
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "variants": {},
+    }
+    rows = []
+    for name, scale in runs:
+        ranked = name not in ("unguided", "rc")
+        n_candidates = args.n_candidates if ranked or args.full_n else 1
+        planner = MPCPlanner(
+            loaded.diffusion,
+            loaded.normalizer,
+            loaded.spec,
+            guide=make_guides(name, value, scale, args.target, args.weight),
+            n_candidates=n_candidates,
+            sampler="ddim",
+            sampling_steps=args.sampling_steps,
+            warm_start=args.warm_start,
+            action_mode="track",
+            replan_every=args.replan_every,
+            tracker=PDTracker(kp=20.0, kd=2.0),
+            return_range=loaded.return_range,
+            seed=0,
+        )
+        policy = GoallessPolicy(planner)
+        result = evaluate_policy(
+            policy,
+            args.maze,
+            dense=True,
+            episodes=args.episodes,
+            n_envs=args.n_envs,
+            seed=args.seed,
+            progress=False,
+        )
+        result.policy = f"MPCPlanner[{name}]"
+        ms_plan = 1e3 * policy.plan_time / max(policy.plan_calls, 1)
+        entry = result.to_dict()
+        entry.pop("paths", None)
+        entry.update(value_scale=scale if "guide" in name and name != "unguided" else None)
+        entry.update(ms_per_plan_call=ms_plan, plan_calls=policy.plan_calls)
+        entry.update(n_candidates=n_candidates)
+        report["variants"][name] = entry
+        rows.append((name, result, ms_plan, n_candidates))
+        print(result.format_table(), flush=True)
+        print(f"  plan call            {ms_plan:9.1f} ms ({args.n_envs} envs batched)", flush=True)
+        out.write_text(json.dumps(report, indent=2))
+
+    refs = rows[0][1].refs if rows else None
+    print(
+        f"\nB2 PointMaze {args.maze} dense, goal untold; {args.episodes} episodes/variant, "
+        f"seed {args.seed}; refs (measured) {refs[0]:.1f} / {refs[1]:.1f}"
+        if refs
+        else ""
+    )
+    print(
+        f"{'variant':<18} {'N':>3} {'score ± SE':>14} {'success':>8} {'steps to goal':>14} "
+        f"{'ms/step':>8} {'ms/plan':>8}"
+    )
+    for name, r, ms_plan, n in rows:
+        steps = "-" if math.isnan(r.steps_to_goal_mean) else f"{r.steps_to_goal_mean:.1f}"
+        print(
+            f"{name:<18} {n:3d} {r.score_mean:7.1f} ± {r.score_se:4.1f} "
+            f"{100 * r.success_rate:7.0f}% {steps:>14} "
+            f"{1e3 * r.act_time_per_decision_s:8.2f} {ms_plan:8.1f}"
+        )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
