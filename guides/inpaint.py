@@ -18,6 +18,7 @@ def _fixed_states(
     dims: Sequence[int],
     values: torch.Tensor,
     what: str,
+    check_range: bool = True,
 ) -> Inpainting:
     """Fix observation `dims` at planned `steps` to `values`: (E or 1, len(steps), len(dims))."""
     spec = ctx.spec
@@ -38,7 +39,8 @@ def _fixed_states(
     for i, row in enumerate(rows):
         mask[0, row, columns] = True
         full[:, row, columns] = values[:, i]
-    _check_in_data_range(ctx, full, mask, what)
+    if check_range:
+        _check_in_data_range(ctx, full, mask, what)
     return Inpainting(mask, ctx.per_candidate(full))
 
 
@@ -63,7 +65,10 @@ class StartState(Guide):
         if ctx.observation is None:
             raise ValueError("StartState needs the current observation in the GuideContext")
         obs = ctx.observation[:, None, :]
-        return _fixed_states(ctx, [0], range(ctx.spec.obs_dim), obs, "StartState")
+        # The current state is a fact, not a request: a state just beyond the data's range
+        # (e.g. a ball nearer a wall than any recorded one) is planned from as it is.
+        dims = range(ctx.spec.obs_dim)
+        return _fixed_states(ctx, [0], dims, obs, "StartState", check_range=False)
 
 
 class Goal(Guide):

@@ -161,3 +161,10 @@ def test_goal_first_plan_arrival_shrinks_the_horizon_and_holds_the_goal(model):
             assert torch.all(observations[arrive:, :2] == torch.as_tensor(goal)), step
             assert torch.all(observations[arrive:, 2:] == 0), step
             assert not torch.all(observations[arrive - 1, :2] == torch.as_tensor(goal)), step
+
+
+def test_a_start_state_just_outside_the_data_is_planned_from(model):
+    planner = make_planner(model)
+    obs = np.array([1.2, 2.3, 0.0, 0.0], dtype=np.float32)  # beyond the fitted [-1, 1] / [-2, 2]
+    planner.act(obs)
+    assert torch.equal(SPEC.observations(planner.last_plan.best)[0, 0], torch.as_tensor(obs))
