@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     # Datasets live in the project unless the user points Minari elsewhere.
     os.environ.setdefault("MINARI_DATASETS_PATH", str(Path("data/minari").absolute()))
 
-    from diffplan.config import load_config
+    from diffplan.config import PlanConfig, load_config
     from diffplan.data.minari_source import resolve_minari_path
     from diffplan.envs.pointmaze import generate_pointmaze_dataset
     from diffplan.errors import DatasetError
@@ -58,8 +58,15 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = train(config, out)
 
     print(f"[3/3] evaluating {args.episodes} episodes on the U-Maze evaluation env (B1)")
+    # MPC: replan every 16 env steps, 16 candidates, DDIM 16 steps, PD tracking of the plan.
+    settings = PlanConfig(mode="mpc", replan_every=16, sampling_steps=16, action_mode="track")
     result = evaluate_checkpoint(
-        checkpoint, "umaze", episodes=args.episodes, n_envs=args.episodes, plot=out / "plans.png"
+        checkpoint,
+        "umaze",
+        episodes=args.episodes,
+        n_envs=args.episodes,
+        settings=settings,
+        plot=out / "plans.png",
     )
     result.to_json(out / "eval.json")
     print(result.format_table())
