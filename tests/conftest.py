@@ -1,4 +1,5 @@
-"""Test-wide settings: never touch the network, keep torch to the 2 cores we have."""
+"""Test-wide settings: never touch the network; one torch thread (the nets are tiny, and two
+threads spin-waiting on shared cores ran 50x slower)."""
 
 import os
 
@@ -6,4 +7,4 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-torch.set_num_threads(1)  # 2 threads spin-wait badly when the 2 cores are shared
+torch.set_num_threads(1)

@@ -28,15 +28,6 @@ SPEC = TrajectorySpec(obs_dim=4, act_dim=2, horizon=16)
 N = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Nets this small gain nothing from intra-op threads, and lose much on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def parts():
     torch.manual_seed(0)

@@ -28,15 +28,6 @@ SPEC = TrajectorySpec(obs_dim=2, act_dim=2, horizon=16)
 DISK = KeepOutDisk(center=(0.25, 0.25), radius=0.15)  # on the upper path (y = x)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Nets this small gain nothing from intra-op threads, and lose much on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

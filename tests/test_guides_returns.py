@@ -17,15 +17,6 @@ from guides import ReturnConditioning, ReturnTargetWarning
 from planners import MPCPlanner
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Nets this small gain nothing from intra-op threads, and lose much on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     raw = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())

@@ -29,15 +29,6 @@ def tiny_config(**data):
     return config_from_dict(raw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Nets this small gain nothing from intra-op threads, and lose much on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("value")

@@ -17,14 +17,6 @@ TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 STEPS = 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: one thread is fastest and immune to busy machines
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(steps: int, *extra: str):
     overrides = [f"train.steps={steps}", "train.save_every=20", "train.log_every=10", *extra]
     return load_config(TINY, overrides)
