@@ -28,7 +28,8 @@ def main() -> None:
 
     planner = MPCPlanner.from_checkpoint(
         args.checkpoint,
-        guide=[Goal(zero_velocity=True)],  # the goal comes with each act() call
+        # The goal comes with each act() call; replans keep the first plan's arrival time.
+        guide=[Goal(zero_velocity=True, arrival="first-plan")],
         n_candidates=16,
         sampling_steps=10,
         action_mode="track",  # follow the planned states with a PD controller
