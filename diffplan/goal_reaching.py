@@ -20,12 +20,8 @@ from planners import MPCPlanner, PDTracker
 PLANNER_MODES = ("mpc", "open-loop")
 
 
-# The planner settings are the config's `plan:` section, so a checkpoint carries its defaults.
-PlannerSettings = PlanConfig
-
-
 def settings_from_checkpoint(loaded, **overrides) -> PlanConfig:
-    """The checkpoint's `plan:` settings with the non-None `overrides` applied."""
+    """The checkpoint's `plan:` settings (its config's section) with non-None `overrides`."""
     changes = {key: value for key, value in overrides.items() if value is not None}
     unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(PlanConfig)})
     if unknown:
@@ -38,7 +34,7 @@ def settings_from_checkpoint(loaded, **overrides) -> PlanConfig:
 
 def build_goal_planner(
     checkpoint: str | Path,
-    settings: PlannerSettings | None = None,
+    settings: PlanConfig | None = None,
     extra_guides: list[Guide] = (),
     device: str = "cpu",
 ) -> MPCPlanner:
@@ -104,7 +100,7 @@ def evaluate_checkpoint(
     episodes: int = 100,
     n_envs: int = 10,
     seed: int = 123,
-    settings: PlannerSettings | None = None,
+    settings: PlanConfig | None = None,
     plot: str | Path | None = None,
     plot_episodes: int = 4,
     progress: bool = True,

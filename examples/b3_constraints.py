@@ -221,8 +221,9 @@ class ViolationRecorder:
 
 def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
     """One evaluation: unguided (monitors every disk) or guided by `guided`'s constraint."""
+    from diffplan.config import PlanConfig
     from diffplan.evaluation import evaluate_policy
-    from diffplan.goal_reaching import PlannerSettings, build_goal_planner
+    from diffplan.goal_reaching import build_goal_planner
     from guides import Constraint, KeepOutDisk
 
     if guided is None:
@@ -241,7 +242,7 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
                 name=guided.name,
             )
         ]
-    settings = PlannerSettings(
+    settings = PlanConfig(
         mode="open-loop" if args.open_loop else "mpc",
         n_candidates=args.n_candidates,
         sampling_steps=args.sampling_steps,
