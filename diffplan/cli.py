@@ -269,8 +269,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json and Path(args.json).exists() and not args.overwrite:
         raise FileExistsError(f"{args.json} exists; pass --overwrite to replace it")
     set_cpu_threads(args.threads)
+    loaded = load_checkpoint(args.checkpoint, device=args.device)  # read once, used twice
     settings = settings_from_checkpoint(
-        load_checkpoint(args.checkpoint),
+        loaded,
         mode=args.planner,
         n_candidates=args.candidates,
         sampling_steps=args.sampling_steps,
@@ -281,7 +282,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         action_mode=args.action_mode,
     )
     result = evaluate_checkpoint(
-        args.checkpoint,
+        loaded,
         args.env.split("-", 1)[1],
         dense=args.dense,
         multi_task=args.multi_task,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffplan.checkpoint import load_checkpoint
+from diffplan.checkpoint import LoadedModel, load_checkpoint
 from diffplan.config import PlanConfig
 from diffplan.evaluation import EvalResult, evaluate_policy
 from guides import Goal, Guide
@@ -33,13 +33,18 @@ def settings_from_checkpoint(loaded, **overrides) -> PlanConfig:
 
 
 def build_goal_planner(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedModel,
     settings: PlanConfig | None = None,
     extra_guides: list[Guide] = (),
     device: str = "cpu",
 ) -> MPCPlanner:
-    """A planner that inpaints the start and the goal (at rest, Diffuser's Maze2D targets)."""
-    loaded = load_checkpoint(checkpoint, device=device)
+    """A planner that inpaints the start and the goal (at rest, Diffuser's Maze2D targets).
+
+    checkpoint: a path, or a model already loaded (to read the file once)."""
+    if isinstance(checkpoint, LoadedModel):
+        loaded = checkpoint
+    else:
+        loaded = load_checkpoint(checkpoint, device=device)
     settings = settings or settings_from_checkpoint(loaded)
     if settings.sampling_steps > loaded.diffusion.n_timesteps:
         raise ValueError(
@@ -93,7 +98,7 @@ class PlanRecorder:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedModel,
     maze: str,
     dense: bool = False,
     multi_task: bool = False,
