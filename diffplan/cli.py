@@ -188,7 +188,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from diffplan.envs.pointmaze import generate_pointmaze_dataset
+    from diffplan.tasks.pointmaze.envs import generate_pointmaze_dataset
 
     summary = generate_pointmaze_dataset(
         args.maze,
@@ -217,7 +217,7 @@ def add_refs_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_refs(args: argparse.Namespace) -> int:
-    from diffplan.envs.pointmaze import measure_refs
+    from diffplan.tasks.pointmaze.envs import measure_refs
 
     maze = args.env.split("-", 1)[1]
     if args.json and Path(args.json).exists() and not args.overwrite:
@@ -235,70 +235,108 @@ def cmd_refs(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- evaluate
 
 
+# Shorthand flags for the most used plan settings; each is the same as `plan.<field>=value`.
+PLAN_FLAGS: list[tuple[str, str, dict]] = [
+    ("--planner", "mode", {"choices": ["mpc", "open-loop"]}),
+    ("--candidates", "n_candidates", {"type": int}),
+    ("--sampling-steps", "sampling_steps", {"type": int}),
+    ("--sampler", "sampler", {"choices": ["ddim", "ddpm"]}),
+    ("--replan-every", "replan_every", {"type": int}),
+    ("--warm-start", "warm_start", {"action": argparse.BooleanOptionalAction}),
+    ("--warm-start-t", "warm_start_t", {"type": int}),
+    ("--action-mode", "action_mode", {"choices": ["track", "diffused", "inverse-dynamics"]}),
+    ("--value-scale", "value_scale", {"type": float}),
+]
+
+
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument(
-        "--env", choices=["pointmaze-umaze", "pointmaze-medium", "pointmaze-large"], required=True
+        "--env",
+        default=None,
+        help="override the checkpoint's task: pointmaze-umaze|medium|large, hopper|walker2d|"
+        "halfcheetah (or Hopper-v5 ...), or any registered gymnasium id",
     )
-    p.add_argument("--dense", action="store_true", help="dense reward (refs measured for it)")
-    p.add_argument("--multi-task", action="store_true", help="random goal cell per episode")
-    p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--n-envs", type=int, default=10, help="environments planned in one batch")
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--planner", choices=["mpc", "open-loop"], default=None)
-    p.add_argument("--candidates", type=int, default=None, help="plans sampled per decision")
-    p.add_argument("--sampling-steps", type=int, default=None)
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None)
-    p.add_argument("--replan-every", type=int, default=None, help="env steps between plans")
-    p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--warm-start-t", type=int, default=None, help="noise level of warm starts")
-    p.add_argument("--action-mode", choices=["track", "diffused"], default=None)
+    p.add_argument("--dense", action="store_true", help="PointMaze: dense reward and refs")
+    p.add_argument("--multi-task", action="store_true", help="PointMaze: random goal cell")
+    p.add_argument("--value", default=None, metavar="FILE", help="value net (train-value)")
+    p.add_argument(
+        "--inverse-dynamics", default=None, metavar="FILE", help="default: inverse.pt beside it"
+    )
+    p.add_argument("--episodes", type=int, default=None, help="default: task.episodes (100)")
+    p.add_argument("--n-envs", type=int, default=None, help="envs planned in one batch (10)")
+    p.add_argument("--seed", type=int, default=None, help="default: task.seed (123)")
+    for flag, field, kwargs in PLAN_FLAGS:
+        p.add_argument(flag, dest=f"plan_{field}", default=None, help=f"= plan.{field}", **kwargs)
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="plans and paths of 4 episodes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: half the cores)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="plan.* / task.* settings, e.g. "
+        "plan.n_candidates=64 plan.sampler=ddpm task.episodes=50",
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from diffplan.checkpoint import load_checkpoint
-    from diffplan.distributed import set_cpu_threads
-    from diffplan.goal_reaching import evaluate_checkpoint, settings_from_checkpoint
-
+    for name in ("episodes", "n_envs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.json and Path(args.json).exists() and not args.overwrite:
         raise FileExistsError(f"{args.json} exists; pass --overwrite to replace it")
+    from diffplan.checkpoint import load_checkpoint
+    from diffplan.distributed import resolve_device, set_cpu_threads
+    from diffplan.tasks import task_for
+    from diffplan.tasks.planning import evaluate_checkpoint, evaluation_config
+
+    overrides = list(args.overrides)
+    for _, field, _ in PLAN_FLAGS:
+        value = getattr(args, f"plan_{field}")
+        if value is not None:
+            overrides.append(
+                f"plan.{field}={str(value).lower() if isinstance(value, bool) else value}"
+            )
+    device = str(resolve_device(args.device))
     set_cpu_threads(args.threads)
-    loaded = load_checkpoint(args.checkpoint, device=args.device)  # read once, used twice
-    settings = settings_from_checkpoint(
-        loaded,
-        mode=args.planner,
-        n_candidates=args.candidates,
-        sampling_steps=args.sampling_steps,
-        sampler=args.sampler,
-        replan_every=args.replan_every,
-        warm_start=args.warm_start,
-        warm_start_t=args.warm_start_t,
-        action_mode=args.action_mode,
-    )
+    loaded = load_checkpoint(args.checkpoint, device=device)  # read once, used throughout
+    config = evaluation_config(loaded, overrides)
+    options = {}
+    if args.dense:
+        options["dense"] = True
+    if args.multi_task:
+        options["multi_task"] = True
+    task = task_for(config, args.env, options)
     result = evaluate_checkpoint(
         loaded,
-        args.env.split("-", 1)[1],
-        dense=args.dense,
-        multi_task=args.multi_task,
-        episodes=args.episodes,
-        n_envs=args.n_envs,
-        seed=args.seed,
-        settings=settings,
+        task,
+        settings=config.plan,
+        value=args.value,
+        inverse_dynamics=args.inverse_dynamics,
+        episodes=args.episodes or config.task.episodes,
+        n_envs=args.n_envs or config.task.n_envs,
+        seed=config.task.seed if args.seed is None else args.seed,
         plot=args.plot,
         progress=not args.no_progress,
-        device=args.device,
+        device=device,
+        max_episode_steps=config.task.max_episode_steps,
     )
     print(result.format_table())
-    print(f"  planner              {settings}")
+    print(f"  planner               {result.policy}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        payload = {**result.to_dict(), "planner": vars(settings), "checkpoint": args.checkpoint}
+        payload = {
+            **result.to_dict(),
+            "planner": vars(config.plan),
+            "checkpoint": args.checkpoint,
+            "value": args.value,
+            "command": " ".join(sys.argv),
+        }
         _write_json_atomically(payload, Path(args.json))
         print(f"json: {args.json}")
     if args.plot:
@@ -340,6 +378,42 @@ def cmd_train_value(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(f"value checkpoint: {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train-inverse
+
+
+def add_train_inverse_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a states-only diffusion checkpoint")
+    p.add_argument("--out", default=None, help="default: inverse.pt beside the checkpoint")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_train_inverse(args: argparse.Namespace) -> int:
+    from diffplan.inverse_dynamics import train_inverse_dynamics
+
+    out = args.out or str(Path(args.checkpoint).with_name("inverse.pt"))
+    path = train_inverse_dynamics(
+        args.checkpoint,
+        out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        hidden=args.hidden,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    print(f"inverse-dynamics model: {path}")
     return 0
 
 
@@ -391,9 +465,17 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("info", "describe a checkpoint", add_info_args, cmd_info),
     Subcommand("data", "generate a dataset (PointMaze)", add_data_args, cmd_data),
     Subcommand("refs", "measure reference scores (PointMaze)", add_refs_args, cmd_refs),
-    Subcommand("evaluate", "evaluate a planner on PointMaze (B1)", add_evaluate_args, cmd_evaluate),
+    Subcommand(
+        "evaluate", "evaluate a checkpoint's planner on its task", add_evaluate_args, cmd_evaluate
+    ),
     Subcommand(
         "train-value", "train a value network for guidance", add_train_value_args, cmd_train_value
+    ),
+    Subcommand(
+        "train-inverse",
+        "train inverse dynamics for a states-only model",
+        add_train_inverse_args,
+        cmd_train_inverse,
     ),
     Subcommand("bench", "benchmark training and sampling speed", add_bench_args, cmd_bench),
 ]

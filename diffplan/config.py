@@ -47,6 +47,9 @@ class ModelConfig:
     dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     kernel_size: int = 5
     return_conditioning: bool = False  # condition the denoiser on the normalized return
+    # Diffuse observations only (Decision Diffuser); actions then come from an inverse-dynamics
+    # model a_t = f(s_t, s_t+stride) (`diffplan train-inverse`, plan.action_mode).
+    states_only: bool = False
 
 
 @dataclass
@@ -101,7 +104,9 @@ class PlanConfig:
     sampling_steps: int = 10
     warm_start: bool = False
     warm_start_t: int | None = None
-    action_mode: str = "diffused"  # diffused: the plan's actions | track: PD on its states
+    # diffused: the plan's first action | track: PD on its states | inverse-dynamics:
+    # f(current state, next planned state) with the model of `diffplan train-inverse`
+    action_mode: str = "diffused"
     replan_every: int = 1
     # PD gains measured by tracking the dataset's own PointMaze episodes: 20 / 2 followed them
     # closest (mean position error 0.06, against 0.10 for the data controller's 10 / 1).
@@ -109,6 +114,35 @@ class PlanConfig:
     kd: float = 2.0
     lookahead: int = 1
     seed: int = 0
+    # The state layout: observation dims that are positions / velocities (goal guides and the
+    # PD tracker use them); null: taken from the task (PointMaze: [0, 1] / [2, 3]).
+    position_dims: list[int] | None = None
+    velocity_dims: list[int] | None = None
+    # Value guidance (Diffuser) when a value net is attached (`evaluate --value FILE`):
+    # gradient steps of `value_scale` (0: rank candidates by value only, no gradients).
+    value_scale: float = 0.1
+    value_guide_steps: int = 2
+    value_t_stopgrad: int = 2
+    value_scale_grad_by_std: bool = True
+
+
+@dataclass
+class TaskConfig:
+    """How checkpoints of this config are evaluated (a registered task family, diffplan/tasks/).
+
+    type: pointmaze | locomotion | gym; empty: inferred from data.dataset.
+    env: the family's env name (pointmaze: umaze | medium | large; locomotion: hopper |
+        walker2d | halfcheetah; gym: a registered gymnasium id); empty: inferred from the data.
+    options: family-specific options, checked by the family (pointmaze: dense, multi_task).
+    """
+
+    type: str = ""
+    env: str = ""
+    options: dict = field(default_factory=dict)
+    episodes: int = 100
+    n_envs: int = 10
+    seed: int = 123
+    max_episode_steps: int | None = None
 
 
 @dataclass
@@ -120,6 +154,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -155,6 +190,10 @@ def _coerce(value: typing.Any, annotation: typing.Any, where: str, source: str) 
         raise ConfigError(
             f"config key '{where}' in {source}: cannot read {value!r} as {annotation}"
         )
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}' in {source} must be a mapping, got {value!r}")
+        return dict(value)
     if origin is list:
         if isinstance(value, tuple):
             value = list(value)

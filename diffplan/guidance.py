@@ -87,6 +87,10 @@ class GuideContext:
     goal: torch.Tensor | None = None  # (E, goal_dim) env units, when the task has a goal
     episode_step: torch.Tensor | None = None  # (E,) env steps since each episode began
     return_range: tuple[float, float] | None = None
+    # Which observation dims are positions / velocities (the task's state layout; the planner
+    # passes them): guides like Goal default to these.
+    position_dims: list[int] | None = None
+    velocity_dims: list[int] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # Filled in by the sampler at each denoising step:
     t: torch.Tensor | None = None  # (B,) integer diffusion timestep of x_t

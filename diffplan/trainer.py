@@ -43,10 +43,13 @@ N_EXAMPLES = 64  # training windows stored in the checkpoint (conditions for `di
 CSV_FIELDS = ("step", "loss", "lr", "grad_norm")
 
 
-def load_episodes(config: Config) -> Episodes:
+def load_episodes(config: Config, keep_actions: bool = False) -> Episodes:
     """The dataset named by `config.data` (minari | d4rl | synthetic), with its rewards
-    relabelled for `data.reward_goal` when set (`diffplan.data.relabel`)."""
+    relabelled for `data.reward_goal` when set (`diffplan.data.relabel`), and its actions
+    dropped for a states-only model (`model.states_only`) unless `keep_actions`."""
     episodes = _load_source(config)
+    if config.model.states_only and not keep_actions:
+        episodes = episodes.states_only()
     if config.data.reward_goal is not None:
         from diffplan.data.relabel import relabel_rewards
 

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from diffplan.checkpoint import load_checkpoint
-from diffplan.evaluation import evaluate_policy
+from diffplan.tasks.evaluation import evaluate_policy
+from diffplan.tasks.pointmaze import PointMazeTask
 from diffplan.value_training import load_value
 from guides import ReturnConditioning, ValueGuide, ValueRanking
 from planners import MPCPlanner, PDTracker
@@ -55,15 +56,14 @@ class GoallessPolicy:
         self.plan_calls = 0
 
     def reset(self, env_indices: list[int] | None = None) -> None:
-        self.planner.reset()  # every row starts a new episode together (evaluate_policy)
+        self.planner.reset(env_indices)
 
-    def act(self, observations: np.ndarray, goals: np.ndarray) -> np.ndarray:
+    def act(self, observations: np.ndarray, goals: np.ndarray, env_indices=None) -> np.ndarray:
         del goals  # B2: the planner must find the goal through the value / return alone
-        before = self.planner.last_plan
         t0 = time.perf_counter()
-        actions = self.planner.act(observations)
+        actions = self.planner.act(observations, env_indices=env_indices)
         elapsed = time.perf_counter() - t0
-        if self.planner.last_plan is not before:  # this call planned
+        if self.planner.replanned.any():  # this call planned
             self.plan_time += elapsed
             self.plan_calls += 1
         return actions
@@ -169,14 +169,15 @@ def main() -> None:
             action_mode="track",
             replan_every=args.replan_every,
             tracker=PDTracker(kp=20.0, kd=2.0),
+            position_dims=[0, 1],
+            velocity_dims=[2, 3],
             return_range=loaded.return_range,
             seed=0,
         )
         policy = GoallessPolicy(planner)
         result = evaluate_policy(
             policy,
-            args.maze,
-            dense=True,
+            PointMazeTask(args.maze, {"dense": True}),
             episodes=args.episodes,
             n_envs=args.n_envs,
             seed=args.seed,
@@ -195,7 +196,7 @@ def main() -> None:
         print(f"  plan call            {ms_plan:9.1f} ms ({args.n_envs} envs batched)", flush=True)
         out.write_text(json.dumps(report, indent=2))
 
-    refs = rows[0][1].refs if rows else None
+    refs = (rows[0][1].scores[0]["ref_min"], rows[0][1].scores[0]["ref_max"]) if rows else None
     print(
         f"\nB2 PointMaze {args.maze} dense, goal untold; {args.episodes} episodes/variant, "
         f"seed {args.seed}; refs (measured) {refs[0]:.1f} / {refs[1]:.1f}"

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffplan.envs.maze import GOAL_CELLS, MAZE_MAPS, MazeGrid
+from diffplan.tasks.pointmaze.maze import GOAL_CELLS, MAZE_MAPS, MazeGrid
 
 BALL_RADIUS = 0.1  # PointMaze's particle geom (point.xml: sphere size 0.1)
 GOAL_NOISE = 0.25  # B1: start and goal positions get up to +-0.25 uniform noise per axis
@@ -206,13 +206,12 @@ class ViolationRecorder:
         self.plans = 0
 
     def reset(self, env_indices: list[int] | None = None) -> None:
-        self.planner.reset()
+        self.planner.reset(env_indices)
 
-    def act(self, observations: np.ndarray, goals: np.ndarray) -> np.ndarray:
-        before = self.planner.last_plan
-        actions = self.planner.act(observations, goals)
+    def act(self, observations: np.ndarray, goals: np.ndarray, env_indices=None) -> np.ndarray:
+        actions = self.planner.act(observations, goals, env_indices)
         plan = self.planner.last_plan
-        if plan is not before:
+        if self.planner.replanned.any():
             self.plans += 1
             for key, value in plan.diagnostics.items():
                 self.diagnostics.setdefault(key, []).extend(value.detach().cpu().tolist())
@@ -222,8 +221,9 @@ class ViolationRecorder:
 def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
     """One evaluation: unguided (monitors every disk) or guided by `guided`'s constraint."""
     from diffplan.config import PlanConfig
-    from diffplan.evaluation import evaluate_policy
-    from diffplan.goal_reaching import build_goal_planner
+    from diffplan.tasks.evaluation import evaluate_policy
+    from diffplan.tasks.planning import build_planner
+    from diffplan.tasks.pointmaze import PointMazeTask
     from guides import Constraint, KeepOutDisk
 
     if guided is None:
@@ -250,11 +250,12 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
         action_mode="track",
         seed=args.seed,
     )
-    planner = build_goal_planner(args.checkpoint, settings, extra_guides=extra)
+    task = PointMazeTask(maze)
+    planner = build_planner(args.checkpoint, task, settings, extra_guides=extra)
     policy = ViolationRecorder(planner)
     result = evaluate_policy(
         policy,
-        maze,
+        task,
         episodes=args.episodes,
         seed=123,
         n_envs=args.n_envs,
@@ -278,8 +279,8 @@ def summarize(result, policy, disk: Disk, maze: str, guided: bool) -> dict:
         "success_rate": result.success_rate,
         "score_mean": result.score_mean,
         "score_se": result.score_se,
-        "refs": result.refs,
-        "score_minari_mean": result.score_minari_mean,
+        "refs": [result.scores[0]["ref_min"], result.scores[0]["ref_max"]],
+        "score_minari_mean": result.score("Minari")["mean"],
         "return_mean": result.return_mean,
         "steps_to_goal_mean": result.steps_to_goal_mean,
         "ms_per_decision": 1e3 * result.act_time_per_decision_s,
@@ -317,7 +318,7 @@ def plot(path: Path, maze: str, disks: list[Disk], paths: dict[str, list[np.ndar
     import matplotlib.pyplot as plt
     from matplotlib.patches import Circle
 
-    from diffplan.evaluation import plot_maze
+    from diffplan.tasks.pointmaze.plots import plot_maze
 
     shown = [d for d in disks if d.name in paths] or disks[:1]
     fig, axes = plt.subplots(len(shown), 2, figsize=(7, 3.6 * len(shown)), squeeze=False)
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            from diffplan.evaluation import _jsonable
+            from diffplan.tasks.evaluation import jsonable as _jsonable
 
             record["wall_time_s"] = time.perf_counter() - t0
             args.json.write_text(json.dumps(_jsonable(record), indent=2))

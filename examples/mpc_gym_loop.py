@@ -14,9 +14,9 @@ import argparse
 import gymnasium as gym
 import numpy as np
 
-from diffplan.envs.pointmaze import register_envs
+from diffplan.tasks.pointmaze.envs import register_envs
 from guides import Goal
-from planners import MPCPlanner, PDTracker
+from planners import MPCPlanner
 
 
 def main() -> None:
@@ -26,15 +26,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
 
+    # Settings (candidates, sampler, PD tracking, replan interval, state layout) default to
+    # the checkpoint's `plan:` section; keywords override any of them.
     planner = MPCPlanner.from_checkpoint(
         args.checkpoint,
         # The goal comes with each act() call; replans keep the first plan's arrival time.
         guide=[Goal(zero_velocity=True, arrival="first-plan")],
-        n_candidates=16,
         sampling_steps=10,
-        action_mode="track",  # follow the planned states with a PD controller
-        tracker=PDTracker(kp=20.0, kd=2.0),
-        replan_every=16,
         warm_start=True,
     )
     register_envs()
@@ -45,6 +43,8 @@ def main() -> None:
         total, arrived = 0.0, None
         for t in range(args.steps):
             action = planner.act(obs["observation"], goal=obs["desired_goal"])
+            if planner.replanned.any():
+                pass  # a new plan was made this step: planner.last_plan.best is the one followed
             obs, reward, terminated, truncated, info = env.step(action.astype(np.float32))
             total += reward
             if info["success"] and arrived is None:

@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from diffplan.config import PlanConfig, load_config
     from diffplan.data.minari_source import resolve_minari_path
-    from diffplan.envs.pointmaze import generate_pointmaze_dataset
     from diffplan.errors import DatasetError
-    from diffplan.goal_reaching import evaluate_checkpoint
+    from diffplan.tasks.planning import evaluate_checkpoint
+    from diffplan.tasks.pointmaze import PointMazeTask
+    from diffplan.tasks.pointmaze.envs import generate_pointmaze_dataset
     from diffplan.trainer import train
 
     out = Path(args.out)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = PlanConfig(mode="mpc", replan_every=16, sampling_steps=16, action_mode="track")
     result = evaluate_checkpoint(
         checkpoint,
-        "umaze",
+        PointMazeTask("umaze"),
         episodes=args.episodes,
         n_envs=args.episodes,
         settings=settings,

@@ -75,8 +75,10 @@ class Goal(Guide):
     """Fix goal coordinates of one planned step (default: the last), optionally at rest.
 
     position: (goal_dim,) or (E, goal_dim) env units; None takes the goal the planner was given.
-    dims: observation dims holding the position (PointMaze: x, y = 0, 1).
-    zero_velocity: also fix `velocity_dims` to 0 at that step (Diffuser's Maze2D targets).
+    dims: observation dims holding the position; None: the planner's `position_dims` (from
+        the checkpoint's plan settings or the task, e.g. PointMaze x, y = 0, 1).
+    zero_velocity: also fix `velocity_dims` (None: the planner's) to 0 at that step
+        (Diffuser's Maze2D targets).
     arrival: "end" fixes the goal at `step` of every plan. "first-plan" is for replanning
         (MPC): every plan of an episode arrives when its first plan did, (H-1) * stride env
         steps after the episode began, and holds the goal at every planned step after that;
@@ -89,10 +91,10 @@ class Goal(Guide):
     def __init__(
         self,
         position: Sequence[float] | torch.Tensor | None = None,
-        dims: Sequence[int] = (0, 1),
+        dims: Sequence[int] | None = None,
         step: int = -1,
         zero_velocity: bool = False,
-        velocity_dims: Sequence[int] = (2, 3),
+        velocity_dims: Sequence[int] | None = None,
         score_weight: float = 1.0,
         arrival: str = "end",
     ):
@@ -102,11 +104,28 @@ class Goal(Guide):
             raise ValueError("Goal(arrival='first-plan') chooses the step itself; leave step=-1")
         self.arrival = arrival
         self.position = None if position is None else torch.as_tensor(position, dtype=torch.float32)
-        self.dims = list(dims)
+        self._dims = None if dims is None else list(dims)
         self.step = step
         self.zero_velocity = zero_velocity
-        self.velocity_dims = list(velocity_dims)
+        self._velocity_dims = None if velocity_dims is None else list(velocity_dims)
         self.score_weight = score_weight
+
+    def dims_for(self, ctx: GuideContext) -> list[int]:
+        dims = self._dims if self._dims is not None else ctx.position_dims
+        if dims is None:
+            raise ValueError(
+                "Goal does not know which observation dims are positions: pass dims=[...] or "
+                "plan with position_dims (a checkpoint's plan.position_dims / its task)"
+            )
+        return list(dims)
+
+    def velocity_dims_for(self, ctx: GuideContext) -> list[int]:
+        dims = self._velocity_dims if self._velocity_dims is not None else ctx.velocity_dims
+        if dims is None:
+            raise ValueError(
+                "Goal(zero_velocity=True) needs velocity_dims=[...] or a planner with velocity_dims"
+            )
+        return list(dims)
 
     def target(self, ctx: GuideContext) -> torch.Tensor:
         """(E, len(dims)) goal positions in env units."""
@@ -115,19 +134,21 @@ class Goal(Guide):
             raise ValueError("Goal has no position: pass one, or give the planner a goal")
         goal = torch.as_tensor(goal, dtype=torch.float32, device=ctx.device)
         goal = goal.reshape(-1, goal.shape[-1])
-        if goal.shape[-1] != len(self.dims):
+        dims = self.dims_for(ctx)
+        if goal.shape[-1] != len(dims):
             raise ValueError(
-                f"Goal has {goal.shape[-1]} coordinates but dims={self.dims} names {len(self.dims)}"
+                f"Goal has {goal.shape[-1]} coordinates but dims={dims} names {len(dims)}"
             )
         if not torch.isfinite(goal).all():
             raise ValueError("Goal position contains NaN or inf")
         return goal.expand(ctx.n_envs, -1)
 
     def inpaint(self, ctx: GuideContext) -> Inpainting:
-        dims, values = list(self.dims), self.target(ctx)
+        dims, values = self.dims_for(ctx), self.target(ctx)
         if self.zero_velocity:
-            dims += self.velocity_dims
-            values = torch.cat([values, values.new_zeros(len(values), len(self.velocity_dims))], -1)
+            velocity_dims = self.velocity_dims_for(ctx)
+            dims += velocity_dims
+            values = torch.cat([values, values.new_zeros(len(values), len(velocity_dims))], -1)
         if self.arrival == "end" or ctx.episode_step is None:
             return _fixed_states(ctx, [self.step], dims, values[:, None, :], "Goal")
         # Hold the goal from the planned step at which the episode's first plan arrives.
@@ -144,7 +165,7 @@ class Goal(Guide):
         return Inpainting(ctx.per_candidate(mask), ctx.per_candidate(full))
 
     def score(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
-        positions = ctx.spec.observations(plans)[..., self.dims]  # (B, H, len(dims))
+        positions = ctx.spec.observations(plans)[..., self.dims_for(ctx)]  # (B, H, len(dims))
         goal = ctx.per_candidate(self.target(ctx))[:, None, :]
         return -self.score_weight * (positions - goal).norm(dim=-1).mean(dim=-1)
 
@@ -156,18 +177,26 @@ class Waypoints(Guide):
         self,
         steps: Sequence[int],
         states: Sequence[Sequence[float]] | torch.Tensor,
-        dims: Sequence[int] = (0, 1),
+        dims: Sequence[int] | None = None,
     ):
         self.steps = list(steps)
         self.states = torch.as_tensor(states, dtype=torch.float32)
         if self.states.dim() == 2:
             self.states = self.states[None]
-        self.dims = list(dims)
-        if self.states.shape[1:] != (len(self.steps), len(self.dims)):
+        self.dims = None if dims is None else list(dims)
+        if self.states.shape[1] != len(self.steps) or (
+            self.dims is not None and self.states.shape[2] != len(self.dims)
+        ):
             raise ValueError(
                 f"Waypoints: states have shape {tuple(self.states.shape[1:])}, expected "
-                f"(len(steps), len(dims)) = ({len(self.steps)}, {len(self.dims)})"
+                f"(len(steps), len(dims)) = ({len(self.steps)}, {len(self.dims or [])})"
             )
 
     def inpaint(self, ctx: GuideContext) -> Inpainting:
-        return _fixed_states(ctx, self.steps, self.dims, self.states, "Waypoints")
+        dims = self.dims if self.dims is not None else ctx.position_dims
+        if dims is None or self.states.shape[2] != len(dims):
+            raise ValueError(
+                f"Waypoints: pass dims=[...] for the {self.states.shape[2]} coordinates given "
+                "(or plan with matching position_dims)"
+            )
+        return _fixed_states(ctx, self.steps, dims, self.states, "Waypoints")

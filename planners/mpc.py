@@ -12,6 +12,7 @@ the current plan: the diffused actions, or a PD tracker following the planned st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from diffplan.spec import TrajectorySpec
 from guides.inpaint import StartState
 from planners.tracking import PDTracker
 
-ACTION_MODES = ("diffused", "track")
+ACTION_MODES = ("diffused", "track", "inverse-dynamics")
 
 
 @dataclass
@@ -36,6 +37,23 @@ class Plan:
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # each (E,) for the best
 
 
+def planner_arguments(plan) -> dict:
+    """`MPCPlanner` keyword arguments from a config's `plan:` section (a `PlanConfig`)."""
+    return {
+        "n_candidates": plan.n_candidates,
+        "sampler": plan.sampler,
+        "sampling_steps": plan.sampling_steps,
+        "warm_start": plan.warm_start,
+        "warm_start_t": plan.warm_start_t,
+        "action_mode": plan.action_mode,
+        "replan_every": 0 if plan.mode == "open-loop" else plan.replan_every,
+        "tracker": PDTracker(kp=plan.kp, kd=plan.kd, lookahead=plan.lookahead),
+        "seed": plan.seed,
+        "position_dims": plan.position_dims,
+        "velocity_dims": plan.velocity_dims,
+    }
+
+
 class MPCPlanner:
     """Sample N candidate plans per environment, keep the best by the guides' scores, act.
 
@@ -46,8 +64,15 @@ class MPCPlanner:
     warm_start: start from the previous best plan, shifted by the steps executed since, noised
         to timestep `warm_start_t` (default: a third of the schedule).
     action_mode: "diffused" executes the plan's actions; "track" follows its states with
-        `tracker` (needed when stride > 1).
+        `tracker` (needed when stride > 1); "inverse-dynamics" asks `inverse_dynamics`
+        (obs (E, obs_dim), next planned obs (E, obs_dim) -> (E, act_dim), env units) for the
+        action that leads to the next planned state (states-only models).
     replan_every: env steps between plans; 0 plans once per episode (open loop).
+    position_dims, velocity_dims: which observation dims are positions / velocities (goal
+        guides and the tracker default to them).
+
+    After each `act` call, `replanned` (R,) says which rows got a new plan this call, and
+    `last_plan` holds those rows' plans in the same order.
     """
 
     def __init__(
@@ -68,6 +93,9 @@ class MPCPlanner:
         return_range: tuple[float, float] | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        inverse_dynamics=None,
+        position_dims: list[int] | None = None,
+        velocity_dims: list[int] | None = None,
     ):
         if action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
@@ -75,6 +103,12 @@ class MPCPlanner:
             raise ValueError(
                 "a strided plan only has actions every `stride` steps: use action_mode='track' "
                 "or replan_every=1"
+            )
+        if action_mode == "inverse-dynamics" and inverse_dynamics is None:
+            raise ValueError("action_mode='inverse-dynamics' needs an inverse_dynamics model")
+        if spec.act_dim == 0 and action_mode == "diffused":
+            raise ValueError(
+                "this model diffuses states only: use action_mode='inverse-dynamics' or 'track'"
             )
         if n_candidates < 1:
             raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
@@ -94,8 +128,17 @@ class MPCPlanner:
         )
         self.action_mode = action_mode
         self.replan_every = replan_every
+        self.position_dims = None if position_dims is None else list(position_dims)
+        self.velocity_dims = None if velocity_dims is None else list(velocity_dims)
         self.tracker = tracker or PDTracker()
+        if self.tracker.position_dims is None:
+            self.tracker.position_dims = self.position_dims
+        if self.tracker.velocity_dims is None:
+            self.tracker.velocity_dims = self.velocity_dims
+        self.inverse_dynamics = inverse_dynamics
         self.return_range = return_range
+        self.replanned: np.ndarray = np.zeros(0, dtype=bool)
+        self.description = "MPCPlanner"  # what was run, for result tables
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.last_plan: Plan | None = None
         self._plans: torch.Tensor | None = None  # (E, H, D) env units, current plan per env
@@ -107,10 +150,25 @@ class MPCPlanner:
     def from_checkpoint(
         cls, path: str, guide: Guide | list[Guide] | None = None, device: str = "cpu", **settings
     ) -> MPCPlanner:
-        """Build a planner from one checkpoint file; no dataset or environment needed."""
-        from diffplan.checkpoint import load_checkpoint
+        """Build a planner from one checkpoint file; no dataset or environment needed.
 
+        Defaults come from the checkpoint's `plan:` section (candidates, sampler and steps,
+        warm start, action mode, replan interval, tracker gains, state layout); keywords
+        override them (any `MPCPlanner` argument). An inverse-dynamics model is read from
+        `inverse_dynamics=PATH` (default: inverse.pt beside the checkpoint).
+        """
+        from diffplan.checkpoint import load_checkpoint
+        from diffplan.distributed import resolve_device
+
+        device = resolve_device(str(device))
         loaded = load_checkpoint(path, device=device)
+        defaults = planner_arguments(loaded.config.plan)
+        defaults.update(settings)
+        inverse = defaults.pop("inverse_dynamics", None)
+        if defaults.get("action_mode") == "inverse-dynamics" and not callable(inverse):
+            from diffplan.inverse_dynamics import load_inverse_dynamics
+
+            inverse = load_inverse_dynamics(inverse or Path(path).with_name("inverse.pt"), loaded)
         return cls(
             loaded.diffusion,
             loaded.normalizer,
@@ -118,7 +176,8 @@ class MPCPlanner:
             guide=guide,
             return_range=loaded.return_range,
             device=device,
-            **settings,
+            inverse_dynamics=inverse,
+            **defaults,
         )
 
     # ----- episode bookkeeping ---------------------------------------------------------------
@@ -129,8 +188,9 @@ class MPCPlanner:
             self._plans = self._plans_normalized = self._since_plan = self._episode_steps = None
             self.guide.reset()
             return
-        self._since_plan[list(env_indices)] = -1  # forces a new plan for those envs
-        self._episode_steps[list(env_indices)] = 0
+        slots = [k for k in env_indices if k < len(self._since_plan)]  # others start fresh anyway
+        self._since_plan[slots] = -1  # forces a new plan for those envs
+        self._episode_steps[slots] = 0
 
     # ----- planning --------------------------------------------------------------------------
 
@@ -179,6 +239,8 @@ class MPCPlanner:
             if episode_step is None
             else torch.as_tensor(np.asarray(episode_step), device=self.device).reshape(-1),
             return_range=self.return_range,
+            position_dims=self.position_dims,
+            velocity_dims=self.velocity_dims,
             device=self.device,
         )
         warm = None
@@ -227,49 +289,113 @@ class MPCPlanner:
         rows = torch.arange(len(index), device=self.device)[:, None]
         return plans[rows, index]
 
-    def act(self, observation, goal=None) -> np.ndarray:
-        """The action for each env, (act_dim,) or (E, act_dim), env units."""
+    def act(self, observation, goal=None, env_indices=None) -> np.ndarray:
+        """The action for each env, (act_dim,) or (R, act_dim), env units.
+
+        env_indices: (R,) which env slots the R rows are (a loop whose finished envs drop
+        out passes the live ones); default: rows are slots 0..R-1, and a change in R starts
+        fresh plans for all.
+        """
         obs, single = self._check_observation(observation)
-        n_envs = len(obs)
-        if self._since_plan is None or len(self._since_plan) != n_envs:
-            self._since_plan = np.full(n_envs, -1)
-            self._episode_steps = np.zeros(n_envs, dtype=np.int64)
-            self._plans = self._plans_normalized = None
-        due = self._since_plan < 0
+        rows = len(obs)
+        goal = self._check_goal(goal, rows)
+        if env_indices is None:
+            slots = np.arange(rows)
+            if self._since_plan is None or len(self._since_plan) != rows:
+                self._grow(rows, fresh=True)
+        else:
+            slots = np.asarray(env_indices, dtype=np.int64).reshape(-1)
+            if len(slots) != rows or (slots < 0).any() or len(set(slots.tolist())) != rows:
+                raise ValueError(
+                    f"env_indices must name {rows} distinct slots >= 0 (one per observation row)"
+                )
+            self._grow(int(slots.max()) + 1, fresh=False)
+        since = self._since_plan[slots]
+        due = since < 0
         if self.replan_every > 0:
-            due |= self._since_plan >= self.replan_every
+            due |= since >= self.replan_every
+        self.replanned = due.copy()
         if due.any():
-            self._replan(obs, goal, np.flatnonzero(due))
-        offsets = torch.as_tensor(self._since_plan, device=self.device)
+            self._replan(obs, goal, slots, np.flatnonzero(due))
+        offsets = torch.as_tensor(self._since_plan[slots], device=self.device)
+        index = torch.as_tensor(slots, device=self.device)
+        plans = self._plans[index]
         if self.action_mode == "diffused":
             step = (offsets // self.spec.stride).clamp(max=self.spec.horizon - 1)
-            actions = self.spec.actions(self._plans)[torch.arange(n_envs), step]
+            actions = self.spec.actions(plans)[torch.arange(rows), step]
+        elif self.action_mode == "inverse-dynamics":
+            # The planned state one stride after the current one (the model's step pair).
+            step = (offsets // self.spec.stride + 1).clamp(max=self.spec.horizon - 1)
+            target = self.spec.observations(plans)[torch.arange(rows), step]
+            actions = self.inverse_dynamics(obs, target)
         else:
-            actions = self.tracker(
-                self.spec.observations(self._plans), obs, offsets, self.spec.stride
-            )
-        self._since_plan += 1
-        self._episode_steps += 1
+            actions = self.tracker(self.spec.observations(plans), obs, offsets, self.spec.stride)
+        self._since_plan[slots] += 1
+        self._episode_steps[slots] += 1
         actions = actions.detach().cpu().numpy()
+        if not np.isfinite(actions).all():
+            names = ", ".join(type(g).__name__ for g in self.guide.guides)
+            raise ValueError(
+                f"the planner produced a non-finite action (guides: {names}); check the guides' "
+                "settings (scales, targets) and that observations lie in the data's range"
+            )
         return actions[0] if single else actions
 
-    def _replan(self, obs: torch.Tensor, goal, env_indices: np.ndarray) -> None:
-        n_envs = len(obs)
+    def _check_goal(self, goal, rows: int):
+        if goal is None:
+            return None
+        goal_arr = np.asarray(goal, dtype=np.float32)
+        if goal_arr.ndim == 0:
+            raise ValueError(
+                "goal must be a vector (goal_dim,) or (n_envs, goal_dim), not a scalar"
+            )
+        if goal_arr.ndim == 2 and len(goal_arr) != rows:
+            raise ValueError(
+                f"got {len(goal_arr)} goals for {rows} observations; give one goal per row or one"
+                " goal for all"
+            )
+        if goal_arr.ndim > 2:
+            raise ValueError(
+                f"goal has shape {goal_arr.shape}; expected (goal_dim,) or (E, goal_dim)"
+            )
+        return goal_arr
+
+    def _grow(self, n_slots: int, fresh: bool) -> None:
+        """Per-slot state for `n_slots` env slots; `fresh` forgets every slot's plan."""
+        if fresh or self._since_plan is None:
+            self._since_plan = np.full(n_slots, -1)
+            self._episode_steps = np.zeros(n_slots, dtype=np.int64)
+            self._plans = self._plans_normalized = None
+            old = 0
+        else:
+            old = len(self._since_plan)
+            if n_slots <= old:
+                return
+            self._since_plan = np.concatenate([self._since_plan, np.full(n_slots - old, -1)])
+            self._episode_steps = np.concatenate(
+                [self._episode_steps, np.zeros(n_slots - old, dtype=np.int64)]
+            )
+        shape = (n_slots, self.spec.horizon, self.spec.transition_dim)
+        plans = torch.zeros(shape, device=self.device)
+        plans_normalized = torch.zeros(shape, device=self.device)
+        if self._plans is not None and old:
+            plans[:old], plans_normalized[:old] = self._plans, self._plans_normalized
+        self._plans, self._plans_normalized = plans, plans_normalized
+
+    def _replan(self, obs: torch.Tensor, goal, slots: np.ndarray, rows: np.ndarray) -> None:
+        """New plans for observation `rows` (env slots `slots[rows]`)."""
         goal_sub = None
         if goal is not None:
-            goal_arr = np.asarray(goal, dtype=np.float32)
-            goal_sub = goal_arr[env_indices] if goal_arr.ndim > 1 else goal_arr
-        index = torch.as_tensor(env_indices, device=self.device)
+            goal_sub = goal[rows] if goal.ndim > 1 else goal
+        targets = slots[rows]
+        index = torch.as_tensor(targets, device=self.device)
         warm = None
-        since = self._since_plan[env_indices]
-        if self.warm_start and self._plans_normalized is not None and (since >= 0).all():
+        since = self._since_plan[targets]
+        if self.warm_start and (since >= 0).all():
             warm = self._shifted(self._plans_normalized[index], since)
-        episode_step = self._episode_steps[env_indices]
-        plan = self.plan(obs[index], goal_sub, warm_start_from=warm, episode_step=episode_step)
-        if self._plans is None or len(self._plans) != n_envs:
-            shape = (n_envs, self.spec.horizon, self.spec.transition_dim)
-            self._plans = torch.zeros(shape, device=self.device)
-            self._plans_normalized = torch.zeros(shape, device=self.device)
+        episode_step = self._episode_steps[targets]
+        row_index = torch.as_tensor(rows, device=self.device)
+        plan = self.plan(obs[row_index], goal_sub, warm_start_from=warm, episode_step=episode_step)
         self._plans[index] = plan.best
         self._plans_normalized[index] = plan.best_normalized
-        self._since_plan[env_indices] = 0
+        self._since_plan[targets] = 0

@@ -14,12 +14,18 @@ import torch
 
 @dataclass
 class PDTracker:
-    """action = kp * (planned_pos - pos) + kd * (planned_vel - vel), clipped to the action box."""
+    """action = kp * (planned_pos - pos) + kd * (planned_vel - vel), clipped to the action box.
 
-    position_dims: Sequence[int] = (0, 1)
-    velocity_dims: Sequence[int] = (2, 3)
-    kp: float = 10.0
-    kd: float = 1.0
+    position_dims / velocity_dims: observation dims of the state layout; None takes the
+    planner's (a checkpoint's plan.position_dims / velocity_dims, or its task's). The default
+    gains (20 / 2) are those of `PlanConfig` (PointMaze: they followed the dataset's own
+    episodes closest); for other dynamics try kd near 1/dt (README, "Your own environment").
+    """
+
+    position_dims: Sequence[int] | None = None
+    velocity_dims: Sequence[int] | None = None
+    kp: float = 20.0
+    kd: float = 2.0
     lookahead: int = 1
     action_low: float | None = -1.0
     action_high: float | None = 1.0
@@ -38,13 +44,18 @@ class PDTracker:
         rows = torch.arange(len(plan_obs))
         target = (1 - frac) * plan_obs[rows, low] + frac * plan_obs[rows, high]
         held = plan_obs[:, -1].clone()
-        held[:, list(self.velocity_dims)] = 0.0
+        held[:, list(self.velocity_dims or [])] = 0.0
         return torch.where((position >= horizon - 1)[:, None], held, target)
 
     def __call__(
         self, plan_obs: torch.Tensor, observation: torch.Tensor, offset: torch.Tensor, stride: int
     ) -> torch.Tensor:
         """(E, H, obs_dim), (E, obs_dim), (E,) -> (E, len(position_dims)) actions."""
+        if self.position_dims is None or self.velocity_dims is None:
+            raise ValueError(
+                "PDTracker needs position_dims and velocity_dims (pass them, or plan from a "
+                "checkpoint whose plan section or task names them)"
+            )
         target = self.target(plan_obs, offset, stride)
         pos, vel = list(self.position_dims), list(self.velocity_dims)
         action = self.kp * (target[:, pos] - observation[:, pos]) + self.kd * (

@@ -1,4 +1,4 @@
-"""The B1 evaluation runner (diffplan.evaluation)."""
+"""The generic evaluation loop on PointMaze B1 (diffplan.tasks.evaluation + the PointMaze task)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from diffplan.envs.pointmaze import make_eval_env  # noqa: E402
-from diffplan.evaluation import (  # noqa: E402
-    EvalResult,
+from diffplan.tasks.evaluation import EvalResult, RandomPolicy, evaluate_policy  # noqa: E402
+from diffplan.tasks.pointmaze import (  # noqa: E402
     NoiseFreeControllerPolicy,
-    RandomPolicy,
-    evaluate_policy,
-    plot_paths,
+    PointMazeTask,
     record_episode_starts,
 )
+from diffplan.tasks.pointmaze.envs import make_eval_env  # noqa: E402
+from diffplan.tasks.pointmaze.plots import plot_paths  # noqa: E402
+
+UMAZE = PointMazeTask("umaze")
 
 EPISODES = 6
 
@@ -29,7 +30,7 @@ def controller_results() -> dict[int, EvalResult]:
     return {
         n: evaluate_policy(
             NoiseFreeControllerPolicy("umaze"),
-            "umaze",
+            UMAZE,
             episodes=EPISODES,
             n_envs=n,
             progress=False,
@@ -69,11 +70,12 @@ def test_controller_scores_near_100(controller_results: dict[int, EvalResult]) -
     # 6 episodes: per-episode returns vary (start distance), so +-35 around 100
     assert 65 <= r.score_mean <= 135
     assert r.success_rate == 1.0
-    assert r.score_minari_mean > 0
+    assert r.score("Minari")["mean"] > 0
+    assert r.lengths == [300] * EPISODES and not any(r.terminated)  # continuing task
 
 
 def test_random_scores_near_0() -> None:
-    r = evaluate_policy(RandomPolicy(123), "umaze", episodes=EPISODES, progress=False)
+    r = evaluate_policy(RandomPolicy.for_task(UMAZE, 123), UMAZE, episodes=EPISODES, progress=False)
     # random returns are 0 most episodes, occasionally large when the start is near the goal
     assert -15 <= r.score_mean <= 30
 
@@ -82,16 +84,17 @@ def test_json_fields_and_plot(controller_results: dict[int, EvalResult], tmp_pat
     r = controller_results[1]
     d = json.loads(json.dumps(r.to_dict(), allow_nan=False))
     for key in (
-        "maze", "dense", "multi_task", "episodes", "seed", "n_envs", "returns", "successes",
-        "steps_to_goal", "return_mean", "return_se", "refs", "refs_source", "score_mean",
-        "score_se", "refs_minari", "score_minari_mean", "score_minari_se", "success_rate",
+        "task", "task_info", "episodes", "seed", "n_envs", "returns", "lengths", "terminated",
+        "successes", "steps_to_goal", "return_mean", "return_se", "scores", "success_rate",
         "steps_to_goal_mean", "act_time_per_decision_s", "act_time_per_call_s", "wall_time_s",
         "paths",
     ):  # fmt: skip
         assert key in d, key
+    assert d["task_info"]["maze"] == "umaze" and d["task_info"]["dense"] is False
+    assert [s["label"] for s in d["scores"]] == ["ours", "Minari"]
     assert d["episodes"] == EPISODES and len(d["returns"]) == EPISODES
     assert len(d["paths"]) == 2 and len(d["paths"][0]["xy"]) == 301
-    assert d["refs_source"].startswith("measured")
+    assert d["scores"][0]["source"].startswith("measured")
     assert not math.isnan(r.act_time_per_decision_s)
     assert "normalized (Minari)" in r.format_table()
     out = plot_paths(r, tmp_path / "paths.png")

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 from diffplan.config import PlanConfig, config_from_dict
-from diffplan.envs.pointmaze import generate_pointmaze_dataset
-from diffplan.evaluation import RandomPolicy, evaluate_policy
-from diffplan.goal_reaching import build_goal_planner, evaluate_checkpoint
+from diffplan.tasks.evaluation import RandomPolicy, evaluate_policy
+from diffplan.tasks.planning import build_planner, evaluate_checkpoint
+from diffplan.tasks.pointmaze import PointMazeTask
+from diffplan.tasks.pointmaze.envs import generate_pointmaze_dataset
 from diffplan.trainer import train
+
+UMAZE = PointMazeTask("umaze")
 
 EPISODES, STEPS = 6, 120
 
@@ -52,7 +55,7 @@ def final_distances(result):
 
 def test_planner_beats_random_policy_on_umaze(checkpoint):
     settings = PlanConfig(n_candidates=8, sampling_steps=5, replan_every=8, action_mode="track")
-    planner = build_goal_planner(checkpoint, settings)
+    planner = build_planner(checkpoint, UMAZE, settings)
     kwargs = dict(
         episodes=EPISODES,
         n_envs=EPISODES,
@@ -60,8 +63,8 @@ def test_planner_beats_random_policy_on_umaze(checkpoint):
         progress=False,
         record_paths=EPISODES,
     )
-    planned = evaluate_policy(planner, "umaze", **kwargs)
-    random = evaluate_policy(RandomPolicy(), "umaze", **kwargs)
+    planned = evaluate_policy(planner, UMAZE, **kwargs)
+    random = evaluate_policy(RandomPolicy.for_task(UMAZE), UMAZE, **kwargs)
     # The bar is weak but real: after 120 steps the planned ball ends nearer its goal, on
     # average, than a random policy's, by at least 0.3 (a cell is 1.0 wide).
     ours, theirs = final_distances(planned).mean(), final_distances(random).mean()
@@ -73,7 +76,7 @@ def test_evaluate_checkpoint_writes_documented_json_and_plot(checkpoint, tmp_pat
     plot = tmp_path / "plans.png"
     result = evaluate_checkpoint(
         checkpoint,
-        "umaze",
+        UMAZE,
         episodes=2,
         n_envs=2,
         settings=settings,
@@ -84,17 +87,9 @@ def test_evaluate_checkpoint_writes_documented_json_and_plot(checkpoint, tmp_pat
     out = tmp_path / "eval.json"
     result.to_json(out)
     data = json.loads(out.read_text())
-    for key in (
-        "score_mean",
-        "score_se",
-        "success_rate",
-        "steps_to_goal_mean",
-        "refs",
-        "score_minari_mean",
-        "act_time_per_decision_s",
-        "returns",
-        "episodes",
-    ):
+    for key in ("scores", "success_rate", "steps_to_goal_mean", "act_time_per_decision_s",
+                "returns", "episodes", "task_info"):  # fmt: skip
         assert key in data, key
+    assert data["scores"][0]["label"] == "ours"
     assert data["episodes"] == 2 and len(data["returns"]) == 2
     assert plot.stat().st_size > 10_000  # a real PNG with the maze, plans and paths

@@ -41,7 +41,13 @@ def parts():
 
 def context(normalizer, **kw):
     ctx = GuideContext(
-        spec=SPEC, normalizer=normalizer, n_candidates=N, observation=torch.zeros(1, 4), **kw
+        spec=SPEC,
+        normalizer=normalizer,
+        n_candidates=N,
+        observation=torch.zeros(1, 4),
+        position_dims=[0, 1],
+        velocity_dims=[2, 3],
+        **kw,
     )
     ctx.t = torch.full((N,), 5)
     ctx.step, ctx.n_steps = 9, 10
@@ -115,6 +121,8 @@ def test_goal_keep_out_and_value_ranking_in_one_planner(parts):
         guide=[goal, disk, ValueRanking(value)],
         n_candidates=N,
         sampling_steps=4,
+        position_dims=[0, 1],
+        velocity_dims=[2, 3],
     )
     plan = planner.plan(np.zeros((2, 4), np.float32))
     positions = SPEC.observations(plan.candidates)[..., :2]

@@ -31,6 +31,8 @@ def make_planner(model, **settings):
     diffusion, normalizer = model
     settings.setdefault("n_candidates", 4)
     settings.setdefault("sampling_steps", 3)
+    settings.setdefault("position_dims", [0, 1])
+    settings.setdefault("velocity_dims", [2, 3])
     return MPCPlanner(diffusion, normalizer, SPEC, **settings)
 
 
@@ -129,7 +131,9 @@ def test_warm_start_continues_from_the_shifted_previous_plan(model, monkeypatch)
 
 
 def test_pd_tracker_interpolates_and_holds():
-    tracker = PDTracker(kp=2.0, kd=0.5, lookahead=1, action_low=None, action_high=None)
+    tracker = PDTracker(
+        [0, 1], [2, 3], kp=2.0, kd=0.5, lookahead=1, action_low=None, action_high=None
+    )
     plan = torch.zeros(1, 4, 4)
     plan[0, :, 0] = torch.tensor([0.0, 1.0, 2.0, 3.0])  # x advances 1 per planned step
     plan[0, :, 2] = 1.0  # vx

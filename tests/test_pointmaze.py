@@ -10,20 +10,20 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from diffplan.envs.maze import (  # noqa: E402
+from diffplan.tasks.pointmaze.envs import (  # noqa: E402
+    MINARI_REFS,
+    REFS_PATH,
+    generate_pointmaze_dataset,
+    load_refs,
+    make_eval_env,
+)
+from diffplan.tasks.pointmaze.maze import (  # noqa: E402
     GOAL_CELLS,
     GOAL_RADIUS,
     MAZE_MAPS,
     MazeGrid,
     NoiseFreeController,
     single_goal_map,
-)
-from diffplan.envs.pointmaze import (  # noqa: E402
-    MINARI_REFS,
-    REFS_PATH,
-    generate_pointmaze_dataset,
-    load_refs,
-    make_eval_env,
 )
 
 
@@ -100,7 +100,7 @@ def test_controller_reaches_goal_from_every_umaze_cell() -> None:
 def test_load_refs() -> None:
     assert load_refs("umaze", source="minari") == MINARI_REFS["umaze"]["sparse"]
     assert load_refs("large", dense=True, source="minari") == (27.17, 481.53)
-    assert REFS_PATH.exists(), "configs/refs/pointmaze.json missing"
+    assert REFS_PATH.exists(), "diffplan/tasks/pointmaze/refs.json missing"
     doc = json.loads(REFS_PATH.read_text())
     assert doc["episodes"] == 100 and "command" in doc and "versions" in doc
     for maze in GOAL_CELLS:

@@ -8,9 +8,9 @@ import pytest
 from diffplan.config import config_from_dict
 from diffplan.data import Episodes, TrajectoryWindows, fit_normalizer, returns_to_go
 from diffplan.data.relabel import goal_rewards, next_positions, relabel_rewards
-from diffplan.envs.maze import GOAL_CELLS, MazeGrid
 from diffplan.errors import ConfigError
 from diffplan.spec import TrajectorySpec
+from diffplan.tasks.pointmaze.maze import GOAL_CELLS, MazeGrid
 
 
 def _episodes(terminated_second: bool = False) -> Episodes:

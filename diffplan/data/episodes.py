@@ -286,6 +286,20 @@ class Episodes:
         for i in range(len(self)):
             yield self[i]
 
+    def states_only(self) -> Episodes:
+        """The same episodes with zero-width actions (for a states-only diffusion model)."""
+        return Episodes(
+            observations=self.observations,
+            actions=self.actions[:, :0],
+            rewards=self.rewards,
+            terminations=self.terminations,
+            truncations=self.truncations,
+            goals=self.goals,
+            infos=self.infos,
+            lengths=self.lengths,
+            metadata=self.metadata,
+        )
+
     def select(self, indices: Sequence[int] | np.ndarray) -> Episodes:
         """A new `Episodes` with the given episodes (in that order), e.g. for a train/val split."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)

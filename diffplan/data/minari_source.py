@@ -96,6 +96,22 @@ def resolve_minari_path(dataset: str | os.PathLike, root: str | os.PathLike | No
     )
 
 
+def read_minari_metadata(
+    dataset: str | os.PathLike, root: str | os.PathLike | None = None
+) -> dict | None:
+    """The metadata.json of a local Minari dataset (env specs, ref scores), or None if absent.
+
+    Read as plain JSON: no Minari import, fast enough to call at evaluation time."""
+    try:
+        path = resolve_minari_path(dataset, root)
+    except DatasetError:
+        return None
+    try:
+        return json.loads((path / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _flat(x: Any, what: str) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype == object:

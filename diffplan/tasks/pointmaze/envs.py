@@ -7,12 +7,12 @@
   dataset (``diffplan/pointmaze-{maze}[-dense]-v0``).
 - :func:`measure_refs` measures ``ref_min`` / ``ref_max`` with the project's own
   runner (:func:`diffplan.evaluation.evaluate_policy`); :func:`load_refs` reads
-  the cached values from ``configs/refs/pointmaze.json``.
+  the cached values from ``diffplan/tasks/pointmaze/refs.json``.
 
 Command line::
 
-    python -m diffplan.envs.pointmaze generate --maze umaze [--dense] [--steps N] [--overwrite]
-    python -m diffplan.envs.pointmaze refs [--episodes 100] [--out configs/refs/pointmaze.json]
+    python -m diffplan.tasks.pointmaze.envs generate --maze umaze [--dense] [--steps N]
+    python -m diffplan.tasks.pointmaze.envs refs [--episodes 100] [--out FILE]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from diffplan.envs.maze import (
+from diffplan.tasks.pointmaze.maze import (
     ENV_NAMES,
     MAX_EPISODE_STEPS,
     MAZE_MAPS,
@@ -49,8 +49,8 @@ MAZES = ("umaze", "medium", "large")
 DATASET_MAX_EPISODE_STEPS = 1_000_000_000
 ACTION_NOISE_STD = 0.5
 WAYPOINT_JITTER = 0.2
-REFS_PATH = Path(__file__).resolve().parents[2] / "configs" / "refs" / "pointmaze.json"
-CODE_PERMALINK = "diffplan/envs/pointmaze.py (diffplan repository)"
+REFS_PATH = Path(__file__).resolve().parent / "refs.json"
+CODE_PERMALINK = "diffplan/tasks/pointmaze/envs.py (diffplan repository)"
 
 # Refs published in the metadata of Minari's D4RL/pointmaze/*-v2 remakes (BENCHMARKS.md).
 MINARI_REFS: dict[str, dict[str, tuple[float, float]]] = {
@@ -167,7 +167,7 @@ def generate_pointmaze_dataset(
     """Generate a PointMaze dataset by the reference procedure and write it with Minari.
 
     The ball is never reset: ``env.reset(seed=seed)`` once, then ``steps`` steps
-    of the noisy waypoint controller (:class:`~diffplan.envs.maze.DataController`,
+    of the noisy waypoint controller (:class:`~diffplan.tasks.pointmaze.maze.DataController`,
     PD gains 10 / 1, waypoint jitter +-0.2, action noise N(0, 0.5), clip to
     [-1, 1]; jitter and noise come from ``np.random.default_rng(seed).spawn(2)``).
     An episode ends (``truncations=True``) at each goal arrival
@@ -350,15 +350,16 @@ def measure_refs(
     ``seed``); ``ref_max``: mean return of the noise-free BFS controller; each
     over ``episodes`` episodes, ``env.reset(seed=seed)`` once then plain reset().
     """
-    from diffplan.evaluation import NoiseFreeControllerPolicy, RandomPolicy, evaluate_policy
+    from diffplan.tasks.evaluation import RandomPolicy, evaluate_policy
+    from diffplan.tasks.pointmaze import NoiseFreeControllerPolicy, PointMazeTask
 
+    task = PointMazeTask(maze, {"dense": dense})
     lo = evaluate_policy(
-        RandomPolicy(seed=seed), maze, dense, episodes=episodes, seed=seed, progress=progress
+        RandomPolicy.for_task(task, seed), task, episodes=episodes, seed=seed, progress=progress
     )
     hi = evaluate_policy(
-        NoiseFreeControllerPolicy(maze), maze, dense, episodes=episodes, seed=seed,
-        progress=progress,
-    )  # fmt: skip
+        NoiseFreeControllerPolicy(maze), task, episodes=episodes, seed=seed, progress=progress
+    )
     return {
         "ref_min": lo.return_mean,
         "ref_max": hi.return_mean,
@@ -373,7 +374,7 @@ def measure_refs(
 
 
 def load_refs(maze: str, dense: bool = False, source: str = "measured") -> tuple[float, float]:
-    """``(ref_min, ref_max)`` from ``configs/refs/pointmaze.json``.
+    """``(ref_min, ref_max)`` from ``diffplan/tasks/pointmaze/refs.json``.
 
     ``source="measured"`` (ours, B1) or ``"minari"`` (Minari's published refs,
     built in, so they work without the file).
@@ -386,7 +387,7 @@ def load_refs(maze: str, dense: bool = False, source: str = "measured") -> tuple
         raise ValueError(f"unknown refs source {source!r}; expected 'measured' or 'minari'")
     if not REFS_PATH.exists():
         raise FileNotFoundError(
-            f"{REFS_PATH} is missing; create it with `python -m diffplan.envs.pointmaze refs`"
+            f"{REFS_PATH} is missing; create it with `python -m diffplan.tasks.pointmaze.envs refs`"
         )
     with open(REFS_PATH) as f:
         entry = json.load(f)["measured"][maze][reward]
@@ -423,7 +424,7 @@ def write_refs(
             "reset(). 'minari': refs published in Minari's D4RL/pointmaze remakes (comparison "
             "only)."
         ),
-        "command": command or "python -m diffplan.envs.pointmaze refs",
+        "command": command or "python -m diffplan.tasks.pointmaze.envs refs",
         "episodes": episodes,
         "seed": seed,
         "versions": _versions(),
@@ -443,7 +444,7 @@ def write_refs(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m diffplan.envs.pointmaze", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m diffplan.tasks.pointmaze.envs", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="generate a PointMaze Minari dataset")
     g.add_argument("--maze", choices=MAZES, required=True)
@@ -468,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         print(json.dumps(summary, indent=2))
     else:
-        command = "python -m diffplan.envs.pointmaze " + " ".join(
+        command = "python -m diffplan.tasks.pointmaze.envs " + " ".join(
             sys.argv[1:] if argv is None else argv
         )
         write_refs(args.out, args.episodes, args.seed, tuple(args.mazes), command=command)

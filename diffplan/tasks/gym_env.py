@@ -1,0 +1,92 @@
+"""Any registered gymnasium env, or the eval env of any local Minari dataset: a user's own
+environment evaluates without writing a task.
+
+Episodes: ``env.reset(seed=seed + i)``; the env's own step limit; dict observations are read
+as the Minari loader reads them ('observation' + other keys sorted, 'desired_goal' is the
+goal). Scores: the dataset's ``ref_min_score`` / ``ref_max_score`` when its metadata has them,
+else returns only; success and steps to success when the env's info reports ``success``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from diffplan.errors import ConfigError
+from diffplan.tasks.base import Refs, Task
+
+
+@dataclass
+class GymOptions:
+    dataset: str = ""  # a Minari dataset whose eval env spec (and refs) to use
+    root: str | None = None  # its datasets root
+
+
+class GymTask(Task):
+    family = "gym"
+    options_type = GymOptions
+
+    def __init__(self, env: str, options: dict | None = None, max_episode_steps: int | None = None):
+        super().__init__(env, options, max_episode_steps)
+        self._spec_json = None
+        self._refs: Refs | None = None
+        if self.options.dataset:
+            from diffplan.data.minari_source import read_minari_metadata
+
+            meta = read_minari_metadata(self.options.dataset, self.options.root)
+            if meta is None:
+                raise ConfigError(
+                    f"Minari dataset {self.options.dataset!r} not found locally; its env spec "
+                    "is needed to evaluate (or pass --env with a registered gymnasium id)"
+                )
+            self._spec_json = meta.get("eval_env_spec") or meta.get("env_spec")
+            if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
+                self._refs = Refs(
+                    "dataset", float(meta["ref_min_score"]), float(meta["ref_max_score"]),
+                    f"{self.options.dataset} metadata",
+                )  # fmt: skip
+        if not self._spec_json and not env:
+            raise ConfigError("a gym task needs task.env (a gymnasium id) or task.options.dataset")
+
+    @classmethod
+    def claims(cls, name: str) -> str | None:
+        import gymnasium as gym
+
+        try:
+            gym.spec(name)
+        except Exception:  # gymnasium raises several error types for unknown/ambiguous ids
+            return None
+        return name
+
+    @classmethod
+    def guess_from_data(cls, config: Any) -> tuple[str, dict] | None:
+        data = config.data
+        if data.source != "minari" or not data.dataset:
+            return None
+        return "", {"dataset": str(data.dataset), "root": data.root}
+
+    @property
+    def name(self) -> str:
+        return self.env or self.options.dataset
+
+    def make_env(self) -> Any:
+        import gymnasium as gym
+
+        if self._spec_json and not self.env:
+            from gymnasium.envs.registration import EnvSpec
+
+            return gym.make(EnvSpec.from_json(self._spec_json))
+        return gym.make(self.env)
+
+    def observation(self, raw: Any) -> np.ndarray:
+        if isinstance(raw, dict):
+            from diffplan.data.minari_source import flatten_observations
+
+            obs, _ = flatten_observations({k: np.asarray(v)[None] for k, v in raw.items()}, 0)
+            return obs[0].astype(np.float64)
+        return super().observation(raw)
+
+    def refs(self) -> list[Refs]:
+        return [] if self._refs is None else [self._refs]

@@ -1,0 +1,183 @@
+"""A checkpoint + its task -> a planner -> an evaluation: what `diffplan evaluate` runs.
+
+This sits at the top of the stack (it imports `guides`, `planners` and the tasks):
+
+    checkpoint (config: plan + task sections) ──> task_for(config, --env) ──> Task
+        plan settings (+ key=value overrides) ──> MPCPlanner(StartState + task guides
+        + value guide when --value) ──> evaluate_policy(planner, task) ──> EvalResult
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from diffplan.checkpoint import LoadedModel, load_checkpoint
+from diffplan.config import Config, PlanConfig, config_from_dict
+from diffplan.errors import ConfigError
+from diffplan.tasks import task_for
+from diffplan.tasks.base import Task
+from diffplan.tasks.evaluation import EvalResult, evaluate_policy
+from guides import Guide, ValueGuide
+from planners import MPCPlanner
+from planners.mpc import planner_arguments
+
+PLANNER_MODES = ("mpc", "open-loop")
+EVAL_SECTIONS = ("plan", "task")  # what `evaluate key=value` may override
+
+
+def evaluation_config(loaded: LoadedModel, overrides: list[str] = ()) -> Config:
+    """The checkpoint's config with `plan.*` / `task.*` overrides applied (others refused)."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.split(".")[0] not in EVAL_SECTIONS:
+            raise ConfigError(
+                f"override '{item}': only plan.* and task.* settings can change at evaluation "
+                "(the model's own settings are fixed by its training)"
+            )
+    config = config_from_dict(loaded.config.to_dict(), "the command-line overrides", overrides)
+    if config.plan.mode not in PLANNER_MODES:
+        raise ConfigError(f"plan.mode must be one of {PLANNER_MODES}, got {config.plan.mode!r}")
+    return config
+
+
+def settings_from_checkpoint(loaded: LoadedModel, **overrides: Any) -> PlanConfig:
+    """The checkpoint's `plan:` settings with non-None keyword `overrides` (API use)."""
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(PlanConfig)})
+    if unknown:
+        raise ConfigError(f"unknown planner setting '{unknown[0]}'")
+    settings = dataclasses.replace(loaded.config.plan, **changes)
+    if settings.mode not in PLANNER_MODES:
+        raise ConfigError(f"planner must be one of {PLANNER_MODES}, got {settings.mode!r}")
+    return settings
+
+
+def _loaded(checkpoint: str | Path | LoadedModel, device: str) -> LoadedModel:
+    if isinstance(checkpoint, LoadedModel):
+        return checkpoint
+    return load_checkpoint(checkpoint, device=device)
+
+
+def build_planner(
+    checkpoint: str | Path | LoadedModel,
+    task: Task | None = None,
+    settings: PlanConfig | None = None,
+    value: str | Path | None = None,
+    inverse_dynamics: str | Path | None = None,
+    extra_guides: list[Guide] = (),
+    device: str = "cpu",
+) -> MPCPlanner:
+    """The planner of `task` for a checkpoint: the start state inpainted, the task's guides
+    (e.g. PointMaze's goal), value guidance when `value` is given, `extra_guides`.
+
+    checkpoint: a path, or a model already loaded (to read the file once)."""
+    loaded = _loaded(checkpoint, device)
+    task = task or task_for(loaded.config)
+    settings = settings or loaded.config.plan
+    if settings.sampling_steps > loaded.diffusion.n_timesteps:
+        raise ConfigError(
+            f"plan.sampling_steps={settings.sampling_steps} exceeds the model's "
+            f"{loaded.diffusion.n_timesteps} diffusion steps"
+        )
+    guides: list[Guide] = list(task.planner_guides(loaded, settings))
+    if value is not None:
+        from diffplan.value_training import load_value
+
+        guides.append(
+            ValueGuide(
+                load_value(value, loaded),
+                scale=settings.value_scale,
+                guide_steps=settings.value_guide_steps,
+                t_stopgrad=settings.value_t_stopgrad,
+                scale_grad_by_std=settings.value_scale_grad_by_std,
+            )
+        )
+    guides += list(extra_guides)
+    arguments = planner_arguments(settings)
+    layout = task.tracker_dims()
+    if arguments["position_dims"] is None and layout is not None:
+        arguments["position_dims"], arguments["velocity_dims"] = layout
+    inverse = None
+    if settings.action_mode == "inverse-dynamics":
+        from diffplan.inverse_dynamics import load_inverse_dynamics
+
+        inverse = load_inverse_dynamics(
+            inverse_dynamics or Path(loaded.path).with_name("inverse.pt"), loaded
+        )
+    planner = MPCPlanner(
+        loaded.diffusion,
+        loaded.normalizer,
+        loaded.spec,
+        guide=guides,
+        return_range=loaded.return_range,
+        device=device,
+        inverse_dynamics=inverse,
+        **arguments,
+    )
+    planner.description = describe_settings(settings, value is not None)
+    return planner
+
+
+def describe_settings(settings: PlanConfig, value: bool) -> str:
+    """What was run, in one line: e.g. 'mpc (replan every 1), ddpm 20 steps, 64 candidates'."""
+    if settings.mode == "open-loop":
+        how = "open-loop (one plan per episode)"
+    else:
+        how = f"mpc (replan every {settings.replan_every})"
+    parts = [how, f"{settings.sampler} {settings.sampling_steps} steps",
+             f"{settings.n_candidates} candidates", f"actions: {settings.action_mode}"]  # fmt: skip
+    if settings.warm_start:
+        parts.append(f"warm start t={settings.warm_start_t}")
+    if value:
+        parts.append(
+            "value ranking"
+            if settings.value_scale == 0
+            else f"value guidance {settings.value_scale}"
+        )
+    return ", ".join(parts)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path | LoadedModel,
+    task: Task | None = None,
+    settings: PlanConfig | None = None,
+    value: str | Path | None = None,
+    inverse_dynamics: str | Path | None = None,
+    episodes: int | None = None,
+    n_envs: int | None = None,
+    seed: int | None = None,
+    plot: str | Path | None = None,
+    plot_episodes: int = 4,
+    progress: bool = True,
+    device: str = "cpu",
+    max_episode_steps: int | None = None,
+) -> EvalResult:
+    """Evaluate a checkpoint's planner on its task (or `task`); episodes / n_envs / seed
+    default to the config's `task:` section. Optionally a PNG of the first episodes."""
+    loaded = _loaded(checkpoint, device)
+    task = task or task_for(loaded.config)
+    task.check_model(loaded)
+    tc = loaded.config.task
+    planner = build_planner(loaded, task, settings, value, inverse_dynamics, device=device)
+    record = plot_episodes if plot else 0
+    plans: dict[int, dict] = {}
+    result = evaluate_policy(
+        planner,
+        task,
+        episodes=tc.episodes if episodes is None else episodes,
+        seed=tc.seed if seed is None else seed,
+        n_envs=tc.n_envs if n_envs is None else n_envs,
+        progress=progress,
+        record_paths=record,
+        max_episode_steps=max_episode_steps,
+        record_plans=plans if plot else None,
+    )
+    if plot:
+        out = task.plot(result, plans, planner.spec, plot)
+        if out is None:
+            from diffplan.tasks.plots import plot_returns
+
+            plot_returns({result.policy: result.returns}, plot, title=result.description)
+    return result
