@@ -164,12 +164,42 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"train        steps {t.steps}  batch {t.batch_size}  lr {t.lr}  ema {t.ema_decay}")
     if model.return_range is not None:
         print(f"returns      range {model.return_range[0]:.3f} .. {model.return_range[1]:.3f}")
+    try:
+        from diffplan.tasks import infer_task
+
+        family, env, options = infer_task(c)
+        extra = f"  options {options}" if options else ""
+        print(f"task         {family} {env or '(from the dataset)'}{extra}  (diffplan evaluate)")
+    except DiffplanError as e:
+        print(f"task         unknown: {e}")
+    p = c.plan
+    print(
+        f"plan         {p.mode} replan_every {p.replan_every}  {p.n_candidates} candidates  "
+        f"{p.sampler} {p.sampling_steps} steps  actions {p.action_mode}"
+    )
+    _print_data_range(model)
     if meta:
         print(
             f"written by   torch {meta.get('torch')} on {meta.get('device')} "
             f"x{meta.get('world_size', 1)}  at {meta.get('saved_at')}"
         )
     return 0
+
+
+def _print_data_range(model) -> None:
+    """Per-dim range of the training data, read from the normalizer (env units)."""
+    import torch
+
+    norm, spec = model.normalizer, model.spec
+    if norm.kind not in ("limits", "gaussian"):
+        return
+    lo, hi = norm.unnormalize(-torch.ones(norm.dim)), norm.unnormalize(torch.ones(norm.dim))
+    kind = "min .. max" if norm.kind == "limits" else "mean -/+ 1 std"
+    head = f"data range   ({kind}, env units)"
+    print(head)
+    names = [f"act[{i}]" for i in range(spec.act_dim)] + [f"obs[{i}]" for i in range(spec.obs_dim)]
+    for name, a, b in zip(names, lo.tolist(), hi.tolist(), strict=True):
+        print(f"  {name:<8} {a:10.3f} .. {b:10.3f}")
 
 
 # ----------------------------------------------------------------------------- data / refs

@@ -172,3 +172,46 @@ def test_a_start_state_just_outside_the_data_is_planned_from(model):
     obs = np.array([1.2, 2.3, 0.0, 0.0], dtype=np.float32)  # beyond the fitted [-1, 1] / [-2, 2]
     planner.act(obs)
     assert torch.equal(SPEC.observations(planner.last_plan.best)[0, 0], torch.as_tensor(obs))
+
+
+def test_env_slots_keep_their_own_plans_and_report_replans(model):
+    planner = make_planner(model, replan_every=3)
+    obs = np.zeros((3, 4), np.float32)
+    planner.act(obs, env_indices=[0, 1, 2])
+    assert planner.replanned.tolist() == [True, True, True]
+    plan_1 = planner._plans[1].clone()
+    # Slot 1 finished its episode: only slots 0 and 2 are stepped; slot 1 keeps its plan.
+    planner.act(obs[:2], env_indices=[0, 2])
+    planner.act(obs[:2], env_indices=[0, 2])
+    assert planner.replanned.tolist() == [False, False]
+    assert torch.equal(planner._plans[1], plan_1)
+    planner.act(obs[:2], env_indices=[0, 2])  # 3 steps since their plans: both replan
+    assert planner.replanned.tolist() == [True, True]
+    planner.reset([1])  # slot 1 starts a new episode: it replans at once, alone
+    planner.act(obs[:1], env_indices=[1])
+    assert planner.replanned.tolist() == [True]
+    assert planner.last_plan.best.shape == (1, SPEC.horizon, SPEC.transition_dim)
+    with pytest.raises(ValueError, match="distinct slots"):
+        planner.act(obs[:2], env_indices=[0, 0])
+
+
+def test_planner_api_misuse_is_a_clear_error(model):
+    planner = make_planner(model, guide=[Goal()])
+    with pytest.raises(ValueError, match="not a scalar"):
+        planner.act(np.zeros(4), goal=1.0)
+    with pytest.raises(ValueError, match="2 goals for 3 observations"):
+        planner.act(np.zeros((3, 4)), goal=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="obs_dim=4"):
+        planner.act(np.zeros(5))
+
+
+def test_non_finite_actions_are_refused(model):
+    from diffplan.guidance import Guide
+
+    class Broken(Guide):  # e.g. a cost whose gradient is NaN somewhere
+        def gradient(self, x, ctx):
+            return torch.full_like(x, float("nan"))
+
+    planner = make_planner(model, guide=[Broken()])
+    with pytest.raises(ValueError, match="non-finite action.*Broken"):
+        planner.act(np.zeros(4))

@@ -159,8 +159,9 @@ class Task(ABC):
         spec = loaded.spec
         if spec.obs_dim != obs_dim:
             raise ConfigError(
-                f"{loaded.path} plans over obs_dim={spec.obs_dim} but {self.name} observes "
-                f"{obs_dim} dims; evaluate it on the env its data came from (--env)"
+                f"{loaded.path} plans over obs_dim={spec.obs_dim} (data: "
+                f"{loaded.config.data.dataset}) but {self.name} observes {obs_dim} dims; "
+                "evaluate it on the env its data came from (--env)"
             )
         if spec.act_dim and spec.act_dim != act_dim:
             raise ConfigError(

@@ -70,13 +70,13 @@ class LocomotionTask(Task):
         from diffplan.data.minari_source import read_minari_metadata
         from diffplan.errors import ConfigError
 
-        super().check_model(loaded)
         trained_on = family_of(str(loaded.config.data.dataset))
         if trained_on is not None and trained_on != self.env:
             raise ConfigError(
                 f"{loaded.path} was trained on {trained_on} data ({loaded.config.data.dataset});"
                 f" evaluate it on {ENV_IDS[trained_on]} (--env {trained_on})"
             )
+        super().check_model(loaded)
         data = loaded.config.data
         if data.source == "minari":
             meta = read_minari_metadata(data.dataset, data.root) or {}
