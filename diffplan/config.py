@@ -21,6 +21,9 @@ class DataConfig:
     source: str = "minari"  # minari | d4rl | synthetic
     dataset: str = ""  # Minari id or directory, D4RL .hdf5 path, or synthetic kind
     root: str | None = None  # Minari datasets root (default: MINARI_DATASETS_PATH)
+    # Minari: read goals from this info key (e.g. "goal") instead of a dict observation's
+    # `desired_goal` (D4RL files: `infos/goal` is always read).
+    goal_info_key: str | None = None
     normalizer: str = "limits"  # limits | gaussian | cdf
     end_policy: str = "pad"  # pad | drop
     discount: float = 0.99

@@ -68,7 +68,7 @@ def _load_source(config: Config) -> Episodes:
     if data.source == "minari":
         from diffplan.data.minari_source import load_minari
 
-        return load_minari(data.dataset, root=data.root)
+        return load_minari(data.dataset, root=data.root, goal_info_key=data.goal_info_key)
     if data.source == "d4rl":
         from diffplan.data.d4rl_source import load_d4rl_hdf5
 

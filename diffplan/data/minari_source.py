@@ -173,8 +173,12 @@ def load_minari(
     dataset: str | os.PathLike,
     root: str | os.PathLike | None = None,
     info_keys: Sequence[str] = (),
+    goal_info_key: str | None = None,
 ) -> Episodes:
     """Read every episode of a local Minari dataset into `Episodes` (rules: module docstring).
+
+    goal_info_key: take the goals from this info key (T or T+1 rows) instead of a dict
+    observation's ``desired_goal``.
 
     ``metadata`` on the result holds env ids/specs and reference scores when present.
     """
@@ -203,6 +207,13 @@ def load_minari(
                 )
             v = np.asarray(ep.infos[k])
             infos[k] = v[:t]  # T+1 rows are aligned with observations: drop the last
+        if goal_info_key is not None:
+            if goal_info_key not in ep.infos:
+                raise DatasetError(
+                    f"episode {i} has no 'infos/{goal_info_key}' to read goals from "
+                    f"(data.goal_info_key); available: {sorted(ep.infos)}"
+                )
+            goals = _flat(np.asarray(ep.infos[goal_info_key]), f"infos/{goal_info_key}")
         episodes.append(
             {
                 "observations": obs[:t],
