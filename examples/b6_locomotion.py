@@ -1,0 +1,161 @@
+"""B6: value-guided planners on a locomotion dataset, set against the data they learned from.
+
+    python examples/b6_locomotion.py --checkpoint runs/b6/hopper-medium/last.pt \
+        --value runs/b6/hopper-medium/value.pt \
+        [--states-only runs/b6/hopper-medium-so/last.pt --states-only-value .../value.pt] \
+        --episodes 50 --diffuser-episodes 10 --out runs/b6/hopper-medium.json
+
+Each variant's result is added to the JSON as soon as it finishes, and variants already in the
+file are skipped on a rerun (a killed run resumes; nothing is overwritten). The plot shows each
+variant's per-episode returns against the behaviour data's mean return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from diffplan.checkpoint import load_checkpoint
+from diffplan.tasks import task_for
+from diffplan.tasks.evaluation import mean_se
+from diffplan.tasks.planning import evaluate_checkpoint, evaluation_config
+from diffplan.trainer import load_episodes
+
+# name -> (model: joint | states-only, plan overrides, uses the value net)
+VARIANTS: dict[str, tuple[str, list[str], bool]] = {
+    "diffuser": ("joint", ["plan.sampler=ddpm", "plan.sampling_steps=20",
+                           "plan.n_candidates=64", "plan.value_scale=0.1"], True),
+    "fast-guide": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
+                             "plan.n_candidates=16", "plan.value_scale=0.1"], True),
+    "fast-rank": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
+                            "plan.n_candidates=16", "plan.value_scale=0"], True),
+    "rank-64": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
+                          "plan.n_candidates=64", "plan.value_scale=0"], True),
+    "warm-rank": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=3",
+                            "plan.warm_start=true", "plan.warm_start_t=5",
+                            "plan.n_candidates=16", "plan.value_scale=0"], True),
+    "unguided": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
+                           "plan.n_candidates=1"], False),
+    "states-only-id-rank": ("states-only", ["plan.sampler=ddim", "plan.sampling_steps=5",
+                                            "plan.n_candidates=16", "plan.value_scale=0",
+                                            "plan.action_mode=inverse-dynamics"], True),
+}  # fmt: skip
+
+
+def behaviour_data(config, task) -> dict:
+    """Mean return (± SE) of the dataset's complete episodes, normalized like the planners."""
+    episodes = load_episodes(config, keep_actions=True)
+    returns = episodes.episode_returns()
+    ends = episodes.episode_starts + episodes.lengths - 1
+    complete = episodes.terminations[ends] | (episodes.lengths >= 1000)
+    out = {"episodes": int(len(returns)), "complete_episodes": int(complete.sum())}
+    r = returns[complete] if complete.any() else returns
+    out["return_mean"], out["return_se"] = mean_se(r)
+    for refs in task.refs():
+        out[f"score_{refs.label}"] = mean_se(refs.normalize(r))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="joint [action | state] model")
+    p.add_argument("--value", required=True)
+    p.add_argument("--states-only", default=None, help="states-only model (inverse.pt beside)")
+    p.add_argument("--states-only-value", default=None)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--diffuser-episodes", type=int, default=10, help="Diffuser's recipe is slow")
+    p.add_argument("--n-envs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True, help="JSON (resumed if it exists)")
+    p.add_argument("--plot", default=None)
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {"variants": {}}
+    joint = load_checkpoint(args.checkpoint)
+    task = task_for(joint.config)
+    if "behaviour_data" not in report:
+        report["behaviour_data"] = behaviour_data(joint.config, task)
+        report["dataset"] = joint.config.data.dataset
+        report["checkpoint"] = {"path": args.checkpoint, "step": joint.step}
+    models = {"joint": (joint, args.value)}
+    if args.states_only:
+        models["states-only"] = (load_checkpoint(args.states_only), args.states_only_value)
+    for name in args.variants.split(","):
+        kind, overrides, uses_value = VARIANTS[name]
+        if name in report["variants"] or kind not in models:
+            continue
+        loaded, value = models[kind]
+        episodes = args.diffuser_episodes if name == "diffuser" else args.episodes
+        task = task_for(loaded.config)
+        task.check_model(loaded)
+        result = evaluate_checkpoint(
+            loaded,
+            task,
+            settings=evaluation_config(loaded, overrides).plan,
+            value=value if uses_value else None,
+            episodes=episodes,
+            n_envs=min(args.n_envs, episodes),
+            seed=args.seed,
+        )
+        print(result.format_table(), flush=True)
+        entry = result.to_dict()
+        entry.update(overrides=overrides, model=kind, model_step=loaded.step)
+        report["variants"][name] = entry
+        tmp = out.with_suffix(".tmp")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(report, indent=1))
+        os.replace(tmp, out)
+    print(format_table(report))
+    if args.plot:
+        from diffplan.tasks.plots import plot_returns
+
+        data = report["behaviour_data"]
+        plot_returns(
+            {k: v["returns"] for k, v in report["variants"].items()},
+            args.plot,
+            title=f"{report['dataset']}: per-episode returns",
+            reference=("behaviour data mean", data["return_mean"]),
+        )
+
+
+def format_table(report: dict) -> str:
+    data = report["behaviour_data"]
+    d4rl = data.get("score_D4RL", (math.nan, math.nan))
+    lines = [
+        f"{'variant':<22}{'episodes':>9}{'D4RL score':>16}{'dataset refs':>16}{'length':>8}"
+        f"{'ms/decision':>13}",
+        f"{'behaviour data':<22}{data['complete_episodes']:>9}{_pair(d4rl):>16}"
+        f"{_pair(data.get('score_dataset')):>16}",
+    ]
+    for name, v in report["variants"].items():
+        scores = {s["label"]: s for s in v["scores"]}
+        d = scores["D4RL"]
+        ds = scores.get("dataset")
+        lines.append(
+            f"{name:<22}{v['episodes']:>9}{_pair((d['mean'], d['se'])):>16}"
+            f"{_pair(None if ds is None else (ds['mean'], ds['se'])):>16}"
+            f"{np.mean(v['lengths']):>8.0f}{1e3 * v['act_time_per_decision_s']:>13.1f}"
+        )
+    return "\n".join(lines)
+
+
+def _pair(p) -> str:
+    if p is None:
+        return "-"
+    mean, se = (math.nan if x is None else x for x in p)
+    return f"{mean:.1f} ± {se:.1f}"
+
+
+if __name__ == "__main__":
+    main()
