@@ -78,7 +78,7 @@ def _planner(size: Size, recipe: Recipe, device: torch.device) -> MPCPlanner:
     elif recipe.guide == "value-ranking":
         guide = ValueRanking(value)
     else:
-        guide = Goal([1.0, 1.0])
+        guide = Goal([1.0, 1.0], dims=[0, 1])
     return MPCPlanner(
         diffusion,
         normalizer,
@@ -96,6 +96,9 @@ def _planner(size: Size, recipe: Recipe, device: torch.device) -> MPCPlanner:
         action_mode="diffused" if spec.stride == 1 else "track",
         replan_every=1,
         device=device,
+        # PointMaze's state layout (x, y, vx, vy) for the tracker; unused at stride 1
+        position_dims=[0, 1] if spec.obs_dim == 4 else None,
+        velocity_dims=[2, 3] if spec.obs_dim == 4 else None,
     )
 
 
