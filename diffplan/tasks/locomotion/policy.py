@@ -144,7 +144,9 @@ def load_policy(path: str | os.PathLike, env: str | None = None) -> GaussianMLPP
     try:
         policy.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError) as e:
-        raise PolicyError(f"{path}: weights do not fit the stated network: {str(e)[:120]}") from None
+        raise PolicyError(
+            f"{path}: weights do not fit the stated network: {str(e)[:120]}"
+        ) from None
     policy.env, policy.env_id, policy.meta = payload["env"], payload["env_id"], payload["meta"]
     return policy.eval()
 

@@ -177,8 +177,14 @@ def train_policy(
         n = _save_replay(agent.replay_buffer, replay_path)
         os.replace(tmp, agent_path)
         log["snapshots"].append(
-            {"step": step, "wall_s": round(wall, 1), "return_mean": mean, "return_se": se,
-             "eval_episodes": eval_episodes, "buffer_rows": n}
+            {
+                "step": step,
+                "wall_s": round(wall, 1),
+                "return_mean": mean,
+                "return_se": se,
+                "eval_episodes": eval_episodes,
+                "buffer_rows": n,
+            }
         )
         log["wall_s"] = wall
         _atomic_json(log_path, log)
@@ -193,8 +199,9 @@ def train_policy(
             return True
 
     done = agent.num_timesteps
-    bar = tqdm(total=steps, initial=done, desc=f"SAC {env_id}", disable=not progress,
-               mininterval=10)
+    bar = tqdm(
+        total=steps, initial=done, desc=f"SAC {env_id}", disable=not progress, mininterval=10
+    )
     if done < steps:
         agent.learn(
             total_timesteps=steps - done,
