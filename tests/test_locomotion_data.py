@@ -21,6 +21,7 @@ import torch
 from diffplan.cli import main
 from diffplan.errors import ConfigError, DiffplanError
 from diffplan.tasks.locomotion.datasets import (
+    dataset_refs,
     export_policy,
     generate_mujoco_dataset,
     load_card,
@@ -367,6 +368,25 @@ def test_never_overwrites_and_validates_first(policies, tmp_path):
             progress=False,
         )
     assert not (tmp_path / "tt").exists()
+
+
+def test_refs_are_measured_once_and_cached_in_the_card(policies, tmp_path):
+    pols = tmp_path / "pols"
+    shutil.copytree(policies, pols)
+    path = pols / "hopper-expert.json"
+    card = json.loads(path.read_text())
+    del card["refs"]
+    path.write_text(json.dumps(card))
+    refs = dataset_refs("hopper", pols, episodes=EPISODES, seed=1)
+    cached = json.loads(path.read_text())["refs"]
+    assert cached["random"]["episodes"] == EPISODES and cached["random"]["seed"] == 1
+    assert refs["ref_min_score"] == cached["random"]["mean"] != cached["ref_max_score"]
+    assert refs["ref_max_score"] == card["return"]["mean"]
+    stamp = path.stat().st_mtime_ns
+    s = generate_mujoco_dataset("hopper", "random", 200, root=tmp_path, policy_dir=pols,
+                                progress=False, n_envs=2)  # fmt: skip
+    assert path.stat().st_mtime_ns == stamp  # not measured again
+    assert s["dataset_refs"]["ref_min_score"] == refs["ref_min_score"]
 
 
 # ------------------------------------------------------------------ bad policy files

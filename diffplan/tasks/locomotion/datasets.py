@@ -259,7 +259,10 @@ def dataset_refs(
     refs["ref_max_score"] = expert["mean"]
     if changed or card.get("refs") != refs:
         card["refs"] = refs
-        _atomic_write_text(path, json.dumps(card, indent=1) + "\n")
+        try:
+            _atomic_write_text(path, json.dumps(card, indent=1) + "\n")
+        except OSError as e:  # a read-only install: use the refs, measure again next time
+            print(f"note: could not cache the refs in {path} ({e.strerror})", file=sys.stderr)
     return refs
 
 
