@@ -31,7 +31,13 @@ setup(
         # D4RL files are read with h5py; the `d4rl` package itself needs mujoco-py binaries.
         # Optional: diffplan never imports it (it cannot run without mujoco-py binaries).
         "d4rl": ["d4rl"],
-        "dev": ["pytest", "ruff"],
+        # Training behaviour policies (`diffplan data train-policy`); never needed to make
+        # datasets from the shipped policies, to train or to plan.
+        "datagen": ["stable-baselines3"],
+        # stable-baselines3 here too, so that CI runs the train-policy test.
+        "dev": ["pytest", "ruff", "stable-baselines3"],
     },
+    # Shipped behaviour policies (weights-only files) and their cards, for `diffplan data mujoco`.
+    package_data={"diffplan.tasks.locomotion": ["policies/*.pt", "policies/*.json"]},
     entry_points={"console_scripts": ["diffplan = diffplan.cli:main"]},
 )

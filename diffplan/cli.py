@@ -206,18 +206,101 @@ def _print_data_range(model) -> None:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", choices=["pointmaze"], help="which dataset family to generate")
-    p.add_argument("--maze", choices=["umaze", "medium", "large"], required=True)
-    p.add_argument("--dense", action="store_true", help="dense reward variant")
-    p.add_argument("--steps", type=int, default=1_000_000)
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--id", default=None, help="Minari dataset id (default: diffplan/pointmaze-...)")
-    p.add_argument("--root", default=None, help="datasets root (default: MINARI_DATASETS_PATH)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    pm = kinds.add_parser(
+        "pointmaze",
+        help="PointMaze dataset (BENCHMARKS.md procedure)",
+        description=(
+            "Generate a PointMaze Minari dataset by the reference procedure (BENCHMARKS.md)."
+        ),
+    )
+    pm.add_argument("--maze", choices=["umaze", "medium", "large"], required=True)
+    pm.add_argument("--dense", action="store_true", help="dense reward variant")
+    pm.add_argument("--steps", type=int, default=1_000_000)
+    pm.add_argument("--seed", type=int, default=123)
+    pm.add_argument(
+        "--id", default=None, help="Minari dataset id (default: diffplan/pointmaze-...)"
+    )
+    pm.add_argument("--root", default=None, help="datasets root (default: MINARI_DATASETS_PATH)")
+    pm.add_argument("--overwrite", action="store_true")
+    pm.add_argument("--no-progress", action="store_true")
+    pm.set_defaults(data_run=_data_pointmaze)
+
+    envs = ["halfcheetah", "hopper", "walker2d"]
+    tp = kinds.add_parser(
+        "train-policy",
+        help="train a SAC behaviour policy (stable-baselines3)",
+        description="Train (or continue) SAC on a locomotion env; snapshots + replay buffer.",
+    )
+    tp.add_argument("--env", choices=envs, required=True)
+    tp.add_argument("--steps", type=int, default=1_000_000, help="env steps (default 1,000,000)")
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--out", default=None, help="run directory (default: runs/policies/<env>)")
+    tp.add_argument("--snapshot-every", type=int, default=20_000, help="steps between snapshots")
+    tp.add_argument("--no-progress", action="store_true")
+    tp.set_defaults(data_run=_data_train_policy)
+
+    ep = kinds.add_parser(
+        "export-policy",
+        help="export a snapshot of a SAC run as a medium/expert policy file",
+        description=(
+            "Copy a snapshot of a SAC run as policies/<env>-<level>.pt with its card (expert:"
+            " the last snapshot; medium: return closest to a third of the expert's)."
+        ),
+    )
+    ep.add_argument("--env", choices=envs, required=True)
+    ep.add_argument("--level", choices=["medium", "expert"], required=True)
+    ep.add_argument(
+        "--run", dest="run_dir", default=None, help="SAC run directory (runs/policies/<env>)"
+    )
+    ep.add_argument("--step", type=int, default=None, help="snapshot step (default: by level)")
+    ep.add_argument("--out", default=None, help="policy directory (default: the shipped one)")
+    ep.add_argument("--episodes", type=int, default=100, help="episodes to measure the return")
+    ep.add_argument("--overwrite", action="store_true", help="replace an existing policy file")
+    ep.set_defaults(data_run=_data_export_policy)
+
+    mj = kinds.add_parser(
+        "mujoco",
+        help="D4RL-style locomotion dataset (random/medium/.../medium-expert)",
+        description="Generate a D4RL-style MuJoCo locomotion dataset (BENCHMARKS.md B6).",
+    )
+    mj.add_argument("--env", choices=envs, required=True)
+    mj.add_argument(
+        "--level",
+        choices=["random", "medium", "medium-replay", "expert", "medium-expert"],
+        required=True,
+    )
+    mj.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps (default 1,000,000; medium-expert 2,000,000; medium-replay: all rows)",
+    )
+    mj.add_argument("--seed", type=int, default=0)
+    mj.add_argument(
+        "--id", default=None, help="Minari dataset id (default: diffplan/<env>-<level>-v0)"
+    )
+    mj.add_argument("--root", default=None, help="datasets root (default: MINARI_DATASETS_PATH)")
+    mj.add_argument("--format", choices=["minari", "d4rl"], default="minari", dest="fmt")
+    mj.add_argument("--out", default=None, help="HDF5 file for --format d4rl")
+    mj.add_argument("--policy-dir", default=None, help="policy files (default: the shipped ones)")
+    mj.add_argument(
+        "--run",
+        dest="run_dir",
+        default=None,
+        help="SAC run dir for medium-replay (default: runs/policies/<env>)",
+    )
+    mj.add_argument("--n-envs", type=int, default=10, help="envs stepped in lockstep")
+    mj.add_argument("--overwrite", action="store_true")
+    mj.add_argument("--no-progress", action="store_true")
+    mj.set_defaults(data_run=_data_mujoco)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    return args.data_run(args)
+
+
+def _data_pointmaze(args: argparse.Namespace) -> int:
     from diffplan.tasks.pointmaze.envs import generate_pointmaze_dataset
 
     summary = generate_pointmaze_dataset(
@@ -232,6 +315,65 @@ def cmd_data(args: argparse.Namespace) -> int:
     )
     for key, value in summary.items():
         print(f"{key:24s} {value}")
+    return 0
+
+
+def _data_train_policy(args: argparse.Namespace) -> int:
+    from diffplan.tasks.locomotion.policy_training import train_policy
+
+    out = args.out or str(Path("runs") / "policies" / args.env)
+    run = train_policy(
+        args.env,
+        out,
+        steps=args.steps,
+        seed=args.seed,
+        snapshot_every=args.snapshot_every,
+        progress=not args.no_progress,
+    )
+    print(f"run: {run}")
+    return 0
+
+
+def _data_export_policy(args: argparse.Namespace) -> int:
+    from diffplan.tasks.locomotion.datasets import card_path, default_run_dir, export_policy
+
+    card = export_policy(
+        args.run_dir or default_run_dir(args.env),
+        args.level,
+        step=args.step,
+        out_dir=args.out,
+        episodes=args.episodes,
+        overwrite=args.overwrite,
+        command=" ".join(["diffplan", *sys.argv[1:]]) if sys.argv[1:2] == ["data"] else None,
+        env=args.env,
+    )
+    print(f"card: {card_path(card['env'], card['level'], args.out)}")
+    return 0
+
+
+def _data_mujoco(args: argparse.Namespace) -> int:
+    from diffplan.tasks.locomotion.datasets import generate_mujoco_dataset
+
+    if args.out and args.fmt != "d4rl":
+        raise DiffplanError(
+            "--out names the HDF5 file of --format d4rl; for Minari use --id/--root"
+        )
+    generate_mujoco_dataset(
+        args.env,
+        args.level,
+        steps=args.steps,
+        seed=args.seed,
+        dataset_id=args.id,
+        root=args.root,
+        fmt=args.fmt,
+        out=args.out,
+        policy_dir=args.policy_dir,
+        run_dir=args.run_dir,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        n_envs=args.n_envs,
+        command=" ".join(["diffplan", *sys.argv[1:]]) if sys.argv[1:2] == ["data"] else None,
+    )
     return 0
 
 
@@ -493,7 +635,12 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("train", "train a trajectory diffusion model", add_train_args, cmd_train),
     Subcommand("sample", "sample plans from a checkpoint", add_sample_args, cmd_sample),
     Subcommand("info", "describe a checkpoint", add_info_args, cmd_info),
-    Subcommand("data", "generate a dataset (PointMaze)", add_data_args, cmd_data),
+    Subcommand(
+        "data",
+        "make datasets (PointMaze, MuJoCo locomotion) and behaviour policies",
+        add_data_args,
+        cmd_data,
+    ),
     Subcommand("refs", "measure reference scores (PointMaze)", add_refs_args, cmd_refs),
     Subcommand(
         "evaluate", "evaluate a checkpoint's planner on its task", add_evaluate_args, cmd_evaluate

@@ -59,6 +59,13 @@ def _creation_hint(dataset: str) -> str:
     m = re.search(r"pointmaze-([a-z0-9_]+?)(?:-v\d+)?$", dataset)
     if m:
         return f"create it with `diffplan data pointmaze --maze {m.group(1)}`"
+    m = re.search(
+        r"(hopper|walker2d|halfcheetah)-(random|medium-replay|medium-expert|medium|expert)"
+        r"(?:-v\d+)?$",
+        dataset,
+    )
+    if m:
+        return f"create it with `diffplan data mujoco --env {m.group(1)} --level {m.group(2)}`"
     return "generate it locally (see `diffplan data --help`); nothing is downloaded"
 
 
