@@ -1,4 +1,4 @@
-"""PointMaze geometry, controller and dataset generator (diffplan.envs)."""
+"""PointMaze geometry, controller and dataset generator (diffplan.tasks.pointmaze)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 - :func:`generate_pointmaze_dataset` runs that procedure and writes a Minari
   dataset (``diffplan/pointmaze-{maze}[-dense]-v0``).
 - :func:`measure_refs` measures ``ref_min`` / ``ref_max`` with the project's own
-  runner (:func:`diffplan.evaluation.evaluate_policy`); :func:`load_refs` reads
+  runner (:func:`diffplan.tasks.evaluation.evaluate_policy`); :func:`load_refs` reads
   the cached values from ``diffplan/tasks/pointmaze/refs.json``.
 
 Command line::
