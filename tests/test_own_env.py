@@ -102,3 +102,12 @@ def test_goals_from_infos_and_generic_evaluation(dataset, tmp_path, capsys):
     assert cli(["evaluate", "--checkpoint", str(checkpoint), "--env", "PointRoom-v0",
                 "--episodes", "1", "--no-progress"]) == 0  # fmt: skip
     assert "PointRoom-v0" in capsys.readouterr().out
+
+
+def test_evaluate_policy_takes_a_registered_id():
+    from diffplan.tasks.evaluation import RandomPolicy, evaluate_policy
+
+    policy = RandomPolicy(gym.make("PointRoom-v0").action_space, seed=0)
+    result = evaluate_policy(policy, "PointRoom-v0", episodes=2, progress=False)
+    assert result.task == "PointRoom-v0" and result.lengths == [40, 40]
+    assert result.success_rate is not None and result.scores == []  # no refs for a bare env

@@ -188,7 +188,7 @@ class EvalResult:
 
 def evaluate_policy(
     policy: Policy,
-    task: Task,
+    task: Task | str,
     episodes: int = 100,
     seed: int = 123,
     n_envs: int = 1,
@@ -198,6 +198,9 @@ def evaluate_policy(
     record_plans: dict[int, dict] | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes of ``policy`` on ``task`` with ``n_envs`` lockstep slots.
+
+    task: a Task, or an env name as `diffplan evaluate --env` takes it ("pointmaze-umaze",
+    "hopper", any registered gymnasium id such as "MyRoom-v0").
 
     max_episode_steps: cut every episode after this many steps (quick tests); the env's own
     limit applies otherwise. record_plans: a dict that receives, for the first
@@ -210,6 +213,11 @@ def evaluate_policy(
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     if max_episode_steps is not None and max_episode_steps < 1:
         raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+    if isinstance(task, str):
+        from diffplan.tasks import resolve_env, task_class
+
+        family, env = resolve_env(task)
+        task = task_class(family)(env)
     t_start = time.perf_counter()
     task.prepare(episodes, seed)
     n_envs = min(n_envs, episodes)
