@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from diffplan.diffusion import Diffusion
+from diffplan.distributed import resolve_device
 from diffplan.networks import TemporalUnet, ValueNet, count_parameters
 from diffplan.normalizer import Normalizer
 from diffplan.spec import TrajectorySpec
@@ -103,7 +104,7 @@ def bench_plan(
     json_path: str | None = None, device: str = "cpu", threads: int = 2, decisions: int = 8
 ) -> dict:
     torch.set_num_threads(threads)
-    dev = torch.device(device)
+    dev = resolve_device(device)
     rows = []
     for size in SIZES:
         baseline = None

@@ -26,6 +26,7 @@ import torch
 
 from diffplan.config import Config, config_from_dict
 from diffplan.diffusion import Diffusion
+from diffplan.distributed import resolve_device
 from diffplan.errors import CheckpointError, ConfigError
 from diffplan.guidance import Inpainting
 from diffplan.normalizer import Normalizer
@@ -177,7 +178,9 @@ def diffusion_from_checkpoint(raw: dict, weights: str = "ema") -> Diffusion:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a checkpoint for sampling (EMA weights, eval mode) onto `device`."""
+    """Load a checkpoint for sampling (EMA weights, eval mode) onto `device` (cpu, cuda,
+    cuda:N or auto, see `resolve_device`)."""
+    device = resolve_device(device)
     path = Path(path)
     raw = read_checkpoint(path, map_location="cpu")
     try:
