@@ -1,4 +1,4 @@
-"""`diffplan bench plan`: decisions per second of the MPC loop (BENCHMARKS.md B4).
+"""`diffplan bench plan`: decisions per second of the MPC loop (docs/benchmarks.md, B4).
 
 Replans at every step for one environment, side by side in one run: Diffuser's recipe
 (20-step DDPM, 2 value-gradient steps per denoising step, 64 candidates, best by value) and
