@@ -1,4 +1,5 @@
-"""`diffplan bench train`: training and sampling speed of the networks in use (BENCHMARKS.md B5).
+"""`diffplan bench train`: training and sampling speed of the networks in use (B5 of
+docs/benchmarks.md).
 
 Measures, per model size: training steps/s (loss + backward + clip + AdamW + EMA) at batch 32
 and 256, one denoiser forward over 64 candidates, and a full 20-step DDPM sample of 64

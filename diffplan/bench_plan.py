@@ -1,4 +1,4 @@
-"""`diffplan bench plan`: decisions per second of the MPC loop (BENCHMARKS.md B4).
+"""`diffplan bench plan`: decisions per second of the MPC loop (docs/benchmarks.md, B4).
 
 Replans at every step for one environment, side by side in one run: Diffuser's recipe
 (20-step DDPM, 2 value-gradient steps per denoising step, 64 candidates, best by value) and
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from diffplan.diffusion import Diffusion
+from diffplan.distributed import resolve_device
 from diffplan.networks import TemporalUnet, ValueNet, count_parameters
 from diffplan.normalizer import Normalizer
 from diffplan.spec import TrajectorySpec
@@ -106,7 +107,7 @@ def bench_plan(
     json_path: str | None = None, device: str = "cpu", threads: int = 2, decisions: int = 8
 ) -> dict:
     torch.set_num_threads(threads)
-    dev = torch.device(device)
+    dev = resolve_device(device)
     rows = []
     for size in SIZES:
         baseline = None

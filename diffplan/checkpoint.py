@@ -3,7 +3,8 @@
 The file holds only tensors and plain Python containers/scalars/strings, so it loads with
 `torch.load(weights_only=True)` and a file from a stranger cannot run code. Writes are atomic
 (temp file in the same directory, fsync, rename): a kill during a save leaves the previous
-checkpoint intact.
+checkpoint intact (and a `.NAME.*.tmp` file that the next `train` removes). A file whose
+tensors hold NaN/inf is refused on load.
 
     {"format": "diffplan-checkpoint", "version": 1, "config": {...}, "spec": {...},
      "normalizer": {...}, "return_range": [lo, hi] | None, "cond_dim": int, "step": int,
@@ -26,6 +27,7 @@ import torch
 
 from diffplan.config import Config, config_from_dict
 from diffplan.diffusion import Diffusion
+from diffplan.distributed import resolve_device
 from diffplan.errors import CheckpointError, ConfigError
 from diffplan.guidance import Inpainting
 from diffplan.normalizer import Normalizer
@@ -82,9 +84,33 @@ def _plain(obj: Any, where: str) -> Any:
     )
 
 
+def first_non_finite(obj: Any, where: str = "") -> str | None:
+    """The name of the first floating-point tensor in `obj` (nested dicts/lists) that holds
+    NaN or inf, or None."""
+    if isinstance(obj, torch.Tensor):
+        bad = obj.is_floating_point() and not bool(torch.isfinite(obj).all())
+        return where or "a tensor" if bad else None
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = first_non_finite(value, f"{where}[{key!r}]" if where else str(key))
+        if found:
+            return found
+    return None
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """The raw checkpoint dict, validated; every failure is one clear `CheckpointError`."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a directory, not a file; pass the file inside it, e.g. "
+            f"{path / 'last.pt'}"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
@@ -116,6 +142,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         raise CheckpointError(f"{path} is incomplete: it has no '{missing[0]}' entry")
+    bad = first_non_finite({k: raw.get(k) for k in ("ema", "model", "normalizer", "optimizer")})
+    if bad:
+        raise CheckpointError(
+            f"{path} holds NaN/inf values (in {bad}): the run that wrote it diverged; use an "
+            f"earlier checkpoint or retrain with a lower train.lr"
+        )
     return raw
 
 
@@ -177,7 +209,9 @@ def diffusion_from_checkpoint(raw: dict, weights: str = "ema") -> Diffusion:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a checkpoint for sampling (EMA weights, eval mode) onto `device`."""
+    """Load a checkpoint for sampling (EMA weights, eval mode) onto `device` (cpu, cuda,
+    cuda:N or auto, see `resolve_device`)."""
+    device = resolve_device(device)
     path = Path(path)
     raw = read_checkpoint(path, map_location="cpu")
     try:

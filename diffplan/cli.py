@@ -3,7 +3,8 @@
 To add a subcommand, write `add_<name>_args(parser)` and `cmd_<name>(args) -> int`, and append
 `Subcommand(...)` to `SUBCOMMANDS`. Every expected failure (a `DiffplanError`, a missing input
 file, a bad value) ends as one line `diffplan: error: ...` on stderr and exit code 1; set
-DIFFPLAN_DEBUG=1 to see the traceback instead.
+DIFFPLAN_DEBUG=1 to see the traceback instead. Inputs are checked (`diffplan.preflight`)
+before torch is imported, so that `--help` and a wrong path answer at once.
 """
 
 from __future__ import annotations
@@ -11,11 +12,33 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffplan.errors import DiffplanError
+from diffplan.errors import DiffplanError, DiffplanWarning
+
+# ----------------------------------------------------------------------------- argument types
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a count of episodes, steps, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def file_path(text: str) -> str:
+    """An argparse type: a path to write a file to, so not an existing directory."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file path")
+    return text
+
 
 # ----------------------------------------------------------------------------- train
 
@@ -32,20 +55,39 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from diffplan.config import load_config
-    from diffplan.trainer import train
+    from diffplan.preflight import check_dataset_available, check_run_dir, default_run_dir
 
     config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else default_run_dir(config.name)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        check_run_dir(out, args.resume, args.overwrite)
+    check_dataset_available(config.data)
+    if main_rank and config.data.source == "minari" and config.data.root is None:
+        _print_default_datasets_root()
+
+    from diffplan.trainer import train  # torch: only once the inputs are known to be good
+
     path = train(
         config,
-        args.out,
+        out,
         resume=args.resume,
         device=args.device,
         progress=not args.no_progress,
         overwrite=args.overwrite,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
         print(f"checkpoint: {path}")
     return 0
+
+
+def _print_default_datasets_root() -> None:
+    """Say where Minari datasets are looked for when the user has not said it."""
+    from diffplan.data.minari_source import datasets_root
+
+    if not os.environ.get("MINARI_DATASETS_PATH"):
+        root, _ = datasets_root()
+        print(f"datasets root: {root} (the default; set MINARI_DATASETS_PATH to change it)")
 
 
 # ----------------------------------------------------------------------------- sample
@@ -57,8 +99,16 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: all)")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddpm")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--plot", default=None, metavar="PNG", help="plot the first two obs dims")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument(
+        "--plot",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PNG",
+        help="plot the first two obs dims (default file: samples.png next to the checkpoint)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     p.add_argument(
         "--unconditional",
         action="store_true",
@@ -67,13 +117,23 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from diffplan.preflight import check_input_file, check_output_file
+
+    if args.n < 1:
+        raise DiffplanError(f"--n must be >= 1, got {args.n}")
+    if args.steps is not None and args.steps < 1:
+        raise DiffplanError(f"--steps must be >= 1, got {args.steps}")
+    check_input_file(args.checkpoint)
+    if args.plot is not None:
+        args.plot = args.plot or str(Path(args.checkpoint).parent / "samples.png")
+        inputs = [(args.checkpoint, "the checkpoint")]
+        check_output_file(args.plot, args.overwrite, "--plot", inputs, example="samples.png")
+
     import torch
 
     from diffplan.checkpoint import load_checkpoint
     from diffplan.distributed import resolve_device
 
-    if args.n < 1:
-        raise DiffplanError(f"--n must be >= 1, got {args.n}")
     model = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     gen = torch.Generator().manual_seed(args.seed)
     inpaint, cond = (None, None) if args.unconditional else model.example_conditions(args.n, gen)
@@ -118,17 +178,25 @@ def _plot_paths(obs, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5))
-    for plan in obs:
+    for i, plan in enumerate(obs):
         y = plan[:, 1] if plan.shape[-1] > 1 else plan[:, 0] * 0
-        ax.plot(plan[:, 0], y, lw=1, alpha=0.7)
-        ax.plot(plan[0, 0], y[0], "k.", ms=4)
+        ax.plot(plan[:, 0], y, lw=1, alpha=0.7, label="sampled plans" if i == 0 else None)
+        ax.plot(plan[0, 0], y[0], "k.", ms=5, label="start" if i == 0 else None)
+        ax.plot(plan[-1, 0], y[-1], "kx", ms=4, label="end" if i == 0 else None)
     ax.set_xlabel("obs[0]")
-    ax.set_ylabel("obs[1]")
+    ax.set_ylabel("obs[1]" if obs.shape[-1] > 1 else "(one obs dim)")
     ax.set_title(title)
     ax.set_aspect("equal", adjustable="datalim")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    ax.legend(loc="best", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: never half a PNG
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format=path.suffix[1:] or "png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- info
@@ -139,6 +207,10 @@ def add_info_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from diffplan.preflight import check_input_file
+
+    check_input_file(args.checkpoint)
+
     from diffplan.checkpoint import load_checkpoint
     from diffplan.networks import count_parameters
 
@@ -382,9 +454,9 @@ def add_refs_args(p: argparse.ArgumentParser) -> None:
         "--env", choices=["pointmaze-umaze", "pointmaze-medium", "pointmaze-large"], required=True
     )
     p.add_argument("--dense", action="store_true")
-    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--episodes", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the refs as JSON")
+    p.add_argument("--json", type=file_path, metavar="PATH", help="also write the refs as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
 
@@ -529,15 +601,23 @@ def _write_json_atomically(payload: dict, path: Path) -> None:
 
 def add_train_value_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="the diffusion model's checkpoint")
-    p.add_argument("--out", required=True, help="value checkpoint to write")
+    p.add_argument("--out", required=True, help="value checkpoint to write (e.g. RUN/value.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--steps", type=int, default=None, help="default: value.steps of the config")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--no-progress", action="store_true")
 
 
 def cmd_train_value(args: argparse.Namespace) -> int:
+    from diffplan.preflight import check_value_paths
+
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise DiffplanError(f"{flag} must be >= 1, got {value}")
+    check_value_paths(args.checkpoint, args.out, args.overwrite)  # before any training
+
     from diffplan.value_training import train_value
 
     path = train_value(
@@ -548,6 +628,7 @@ def cmd_train_value(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(f"value checkpoint: {path}")
     return 0
@@ -614,6 +695,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from diffplan.bench import bench_data, bench_train
 
     if args.what == "data":
+        _print_default_datasets_root()
         bench_data(args.dataset, json_path=args.json)
         return 0
     bench_train(json_path=args.json, device=args.device, threads=args.threads)
@@ -678,11 +760,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = " ".join(str(message).split())
+    label = "warning" if issubclass(category, DiffplanWarning) else category.__name__
+    print(f"diffplan: {label}: {text}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "data" and args.root is None and not os.environ.get("MINARI_DATASETS_PATH"):
+        # One default for every command and the demo: ./data/minari, not Minari's ~/.minari.
+        from diffplan.data.minari_source import datasets_root
+
+        args.root = str(datasets_root()[0])
+        print(f"datasets root: {args.root} (the default; set MINARI_DATASETS_PATH or --root)")
     try:
-        return int(args.run(args) or 0)
-    except (DiffplanError, FileNotFoundError, FileExistsError, ValueError) as e:
+        with warnings.catch_warnings():
+            if not os.environ.get("DIFFPLAN_DEBUG"):
+                warnings.showwarning = _one_line_warning
+            return int(args.run(args) or 0)
+    except (DiffplanError, OSError, ValueError) as e:
         if os.environ.get("DIFFPLAN_DEBUG"):
             raise
         message = " ".join(str(e).split()) or type(e).__name__  # one line, always

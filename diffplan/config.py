@@ -1,12 +1,16 @@
 """Typed run configuration, read from YAML with strict keys and `key=value` overrides.
 
-An unknown or misspelt key is a `ConfigError` naming the key, the section and the file.
+An unknown or misspelt key, a value of the wrong type or out of range (`validate_config`) is a
+`ConfigError` naming the key and where it came from: the file, or the command-line override.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,59 +233,221 @@ def _coerce(value: typing.Any, annotation: typing.Any, where: str, source: str) 
     return value
 
 
-def _build(cls: type, raw: dict, section: str, source: str):
+class _Sources:
+    """Where each key's value came from: the file (or dict) by default, or the command-line
+    override that set it (or set a section above it)."""
+
+    def __init__(self, default: str, overrides: dict[str, str] | None = None):
+        self.default = default
+        self.overrides = overrides or {}
+
+    def __call__(self, where: str) -> str:
+        parts = where.split(".")
+        for n in range(len(parts), 0, -1):
+            item = self.overrides.get(".".join(parts[:n]))
+            if item is not None:
+                return f"the command-line override '{item}'"
+        return self.default
+
+
+def _build(cls: type, raw: dict, section: str, sources: _Sources):
     if not isinstance(raw, dict):
-        raise ConfigError(f"config section '{section or '<top>'}' in {source} must be a mapping")
+        raise ConfigError(
+            f"config section '{section or '<top>'}' in {sources(section)} must be a mapping"
+        )
     types = _field_types(cls)
     kwargs = {}
     for key, value in raw.items():
-        if key not in types:
-            raise _unknown_key(key, section, list(types), source)
         where = f"{section}.{key}" if section else key
+        if key not in types:
+            raise _unknown_key(key, section, list(types), sources(where))
         annotation = types[key]
         if dataclasses.is_dataclass(annotation):
-            kwargs[key] = _build(annotation, value or {}, where, source)
+            kwargs[key] = _build(annotation, value or {}, where, sources)
         else:
-            kwargs[key] = _coerce(value, annotation, where, source)
+            kwargs[key] = _coerce(value, annotation, where, sources(where))
     return cls(**kwargs)
 
 
 def _parse_override(item: str) -> tuple[list[str], typing.Any]:
     if "=" not in item:
-        raise ConfigError(f"override '{item}' must look like key=value (e.g. train.steps=500)")
+        raise ConfigError(
+            f"command-line override '{item}' must look like key=value (e.g. train.steps=500)"
+        )
     key, text = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(text) if text != "" else ""
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(
+            f"command-line override '{item}' has an empty key part; write section.key=value"
+        )
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"command-line override '{item}': cannot read the value {text!r} "
+            f"({getattr(e, 'problem', None) or type(e).__name__}); quote it or fix the brackets"
+        ) from None
+    return path, value
 
 
 def config_from_dict(raw: dict, source: str = "<dict>", overrides: list[str] = ()) -> Config:
-    raw = dict(raw or {})
+    """A validated `Config` from a plain dict (e.g. parsed YAML) and `key=value` overrides."""
+    if not isinstance(raw, dict | type(None)):
+        raise ConfigError(f"the config in {source} must be a mapping, got {type(raw).__name__}")
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    applied: dict[str, str] = {}
     for item in overrides:
         path, value = _parse_override(item)
         node = raw
         for part in path[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty section in the file (`train:`)
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{part}' is not a section")
+                raise ConfigError(f"command-line override '{item}': '{part}' is not a section")
         node[path[-1]] = value
-    return _build(Config, raw, "", source)
+        applied[".".join(path)] = item
+    sources = _Sources(source, applied)
+    config = _build(Config, raw, "", sources)
+    validate_config(config, sources)
+    return config
+
+
+# Allowed values, kept here (not imported) so that reading a config needs no torch.
+DATA_SOURCES = ("minari", "d4rl", "synthetic")
+SYNTHETIC_KINDS = ("lines", "two_mode")  # diffplan.data.synthetic.SYNTHETIC_KINDS
+NORMALIZERS = ("limits", "gaussian", "cdf")  # diffplan.normalizer.KINDS
+END_POLICIES = ("pad", "drop")  # diffplan.data.windows.END_POLICIES
+REWARD_TYPES = ("dense", "sparse")  # diffplan.data.relabel.REWARD_TYPES
+SCHEDULES = ("cosine", "linear")  # diffplan.diffusion.SCHEDULES
+PREDICTIONS = ("x0", "epsilon", "v")  # diffplan.diffusion.PREDICTIONS
+SAMPLERS = ("ddim", "ddpm")
+_DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
+
+
+def validate_config(config: Config, source: str | _Sources = "the config") -> None:
+    """Check every value's range (types are checked when reading); the first bad value is a
+    `ConfigError` naming its key, where it came from, what it must be and what it is."""
+    sources = source if isinstance(source, _Sources) else _Sources(source)
+    d, m, f, t = config.data, config.model, config.diffusion, config.train
+    v, p = config.value, config.plan
+
+    def finite(x: float | None, low: float = -math.inf) -> bool:
+        return x is not None and math.isfinite(x) and x >= low
+
+    def choice(options: tuple[str, ...]) -> str:
+        return "one of " + ", ".join(options)
+
+    levels = max(len(m.dim_mults), 1)
+    rules: list[tuple[str, bool, str]] = [
+        ("data.source", d.source in DATA_SOURCES, choice(DATA_SOURCES)),
+        ("data.dataset", d.source != "synthetic" or d.dataset in ("", *SYNTHETIC_KINDS),
+         "empty or " + choice(SYNTHETIC_KINDS) + " when data.source is synthetic"),
+        ("data.normalizer", d.normalizer in NORMALIZERS, choice(NORMALIZERS)),
+        ("data.end_policy", d.end_policy in END_POLICIES, choice(END_POLICIES)),
+        ("data.discount", finite(d.discount, 0.0) and d.discount <= 1.0, "in [0, 1]"),
+        ("data.termination_penalty", finite(d.termination_penalty), "a finite number"),
+        ("data.synthetic_episodes", d.synthetic_episodes >= 1, ">= 1"),
+        ("data.reward_goal", d.reward_goal is None
+         or (len(d.reward_goal) == 2 and all(map(finite, d.reward_goal))),
+         "null or a goal [x, y] of two finite numbers"),
+        ("data.reward_type", d.reward_type in REWARD_TYPES, choice(REWARD_TYPES)),
+        ("data.return_horizon", d.return_horizon is None or d.return_horizon >= 1,
+         "null or >= 1 env step"),
+        ("model.horizon", m.horizon >= 1, ">= 1"),
+        ("model.stride", m.stride >= 1, ">= 1"),
+        ("model.dim", m.dim >= 1, ">= 1"),
+        ("model.dim_mults", len(m.dim_mults) >= 1 and all(x >= 1 for x in m.dim_mults),
+         "a non-empty list of integers >= 1"),
+        ("model.kernel_size", m.kernel_size >= 1 and m.kernel_size % 2 == 1,
+         "an odd integer >= 1 (the convolutions keep the horizon's length)"),
+        ("model.horizon", m.horizon % 2 ** (levels - 1) == 0,
+         f"divisible by {2 ** (levels - 1)}: the U-Net of model.dim_mults {m.dim_mults} "
+         f"halves it {levels - 1} times"),
+        ("diffusion.n_timesteps", f.n_timesteps >= 1, ">= 1"),
+        ("diffusion.schedule", f.schedule in SCHEDULES, choice(SCHEDULES)),
+        ("diffusion.prediction", f.prediction in PREDICTIONS, choice(PREDICTIONS)),
+        ("diffusion.action_weight", finite(f.action_weight, 0.0), ">= 0"),
+        ("diffusion.loss_discount", finite(f.loss_discount) and f.loss_discount > 0, "> 0"),
+        ("diffusion.dim_weights", f.dim_weights is None
+         or all(finite(w, 0.0) for w in f.dim_weights), "null or a list of numbers >= 0"),
+        ("diffusion.condition_steps", all(-m.horizon <= s < m.horizon for s in f.condition_steps),
+         f"planned steps in [-{m.horizon}, {m.horizon}) (model.horizon is {m.horizon})"),
+        ("diffusion.clip_denoised", f.clip_denoised is None
+         or (finite(f.clip_denoised) and f.clip_denoised > 0), "null or > 0"),
+        ("diffusion.cond_dropout", finite(f.cond_dropout, 0.0) and f.cond_dropout < 1.0,
+         "in [0, 1)"),
+        ("train.steps", t.steps >= 1, ">= 1"),
+        ("train.batch_size", t.batch_size >= 1, ">= 1"),
+        ("train.lr", finite(t.lr) and t.lr > 0, "a finite number > 0"),
+        ("train.weight_decay", finite(t.weight_decay, 0.0), ">= 0"),
+        ("train.warmup_steps", t.warmup_steps >= 0, ">= 0"),
+        ("train.grad_clip", t.grad_clip is None or (finite(t.grad_clip) and t.grad_clip > 0),
+         "null or > 0"),
+        ("train.ema_decay", finite(t.ema_decay, 0.0) and t.ema_decay < 1.0,
+         "in [0, 1) (0 copies the weights; 1 would never update the EMA)"),
+        ("train.ema_start", t.ema_start >= 0, ">= 0"),
+        ("train.log_every", t.log_every >= 1, ">= 1 step"),
+        ("train.save_every", t.save_every >= 1, ">= 1 step"),
+        ("train.device", bool(_DEVICE.fullmatch(t.device)), "cpu, cuda, cuda:N or auto"),
+        ("train.threads", t.threads >= 0, ">= 0 (0: half the cores)"),
+        ("value.dim", v.dim >= 1, ">= 1"),
+        ("value.dim_mults", len(v.dim_mults) >= 1 and all(x >= 1 for x in v.dim_mults),
+         "a non-empty list of integers >= 1"),
+        ("value.kernel_size", v.kernel_size >= 1 and v.kernel_size % 2 == 1,
+         "an odd integer >= 1"),
+        ("value.steps", v.steps >= 1, ">= 1"),
+        ("value.batch_size", v.batch_size >= 1, ">= 1"),
+        ("value.lr", finite(v.lr) and v.lr > 0, "a finite number > 0"),
+        ("plan.n_candidates", p.n_candidates >= 1, ">= 1"),
+        ("plan.sampler", p.sampler in SAMPLERS, choice(SAMPLERS)),
+        ("plan.sampling_steps", p.sampling_steps >= 1, ">= 1"),
+        ("plan.replan_every", p.replan_every >= 0, ">= 0 (0: plan once per episode)"),
+        ("plan.kp", finite(p.kp, 0.0), ">= 0"),
+        ("plan.kd", finite(p.kd, 0.0), ">= 0"),
+    ]  # fmt: skip
+    for key, ok, requirement in rules:
+        if not ok:
+            section, name = key.split(".")
+            value = getattr(getattr(config, section), name)
+            raise ConfigError(
+                f"config key '{key}' in {sources(key)} must be {requirement}, got {value!r}"
+            )
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """The parser's reason with its line and column (1-based), on one line."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + problem + (f" ({context})" if context else "")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, apply `key=value` overrides, validate; errors are `ConfigError`."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass a YAML file (see configs/)")
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; see configs/ for the shipped ones")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from e
-    source = str(path)
-    try:
-        return config_from_dict(raw, source, overrides)
-    except ConfigError as e:
-        if overrides and "override" not in str(e) and source in str(e):
-            raise ConfigError(f"{e} (or in the command-line overrides)") from e
-        raise
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path} ({e})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections (name:, data:, model:, "
+            f"train:, ...) at its top level, but holds a {type(raw).__name__}"
+        )
+    return config_from_dict(raw, str(path), overrides)
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the config as YAML atomically (temp file + rename: never half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    os.replace(tmp, path)

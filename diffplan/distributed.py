@@ -30,18 +30,40 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """'cpu' | 'cuda' | 'cuda:N' | 'auto' (cuda when available) -> a device; cuda picks the
-    local rank's GPU under torchrun."""
+def resolve_device(
+    device: str | torch.device | None = "auto", local_rank: int | None = None
+) -> torch.device:
+    """The one place that turns a device request into a `torch.device`; every command and API
+    entry point (train, train-value, sample, bench, `load_checkpoint`, `MPCPlanner`) uses it.
+
+    device: "cpu" | "cuda" | "cuda:N" | "auto" (cuda when available, else cpu) | None (auto)
+    | a torch.device. "cuda" picks the local rank's GPU: `local_rank`, else $LOCAL_RANK
+    (set by torchrun), else 0. A GPU that is not there is a `ConfigError` with the fix
+    ("CUDA is not available; use --device cpu or auto"), not an error from deep inside torch.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    device = "auto" if device is None else str(device).strip().lower()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device '{device}' requested but CUDA is not available here")
-        return torch.device(device if ":" in device else f"cuda:{local_rank}")
-    if device != "cpu":
-        raise ConfigError(f"unknown device '{device}'; use cpu, cuda or auto")
-    return torch.device("cpu")
+            raise ConfigError(
+                f"device '{device}' requested but CUDA is not available; use --device cpu or auto"
+            )
+        index = int(device[5:]) if ":" in device else local_rank
+        if index is None:
+            index = local_rank_from_env()
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(
+                f"device 'cuda:{index}' requested but this machine has {count} GPU(s) "
+                f"(cuda:0..cuda:{count - 1}); use --device cuda or auto"
+            )
+        return torch.device(f"cuda:{index}")
+    raise ConfigError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto")
 
 
 def set_cpu_threads(requested: int = 0, processes: int = 1) -> int:

@@ -17,3 +17,11 @@ class ConfigError(DiffplanError, ValueError):
 
 class CheckpointError(DiffplanError):
     """A checkpoint file is missing, corrupt or incompatible."""
+
+
+class TrainingDiverged(DiffplanError):
+    """The loss or the weights became NaN/inf; training stopped before saving them."""
+
+
+class DiffplanWarning(UserWarning):
+    """Something works but is probably not what the user wants (the message says why)."""

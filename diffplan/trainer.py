@@ -6,6 +6,12 @@ TensorBoard scalars. `resume=True` continues from `last.pt` with the same per-st
 an uninterrupted run (all randomness comes from generators whose states are checkpointed).
 Under `torchrun` it trains with DDP: each rank takes its slice of the global batch and only
 rank 0 writes files.
+
+Safety: a folder with anything in it needs `resume` or `overwrite` (`diffplan.preflight`); the
+config, the dataset and the model are all checked before the folder is touched, and only then
+are the temp files of killed saves (and, with `overwrite`, the previous run's outputs)
+removed. A NaN/inf loss, gradient or weight stops training with `TrainingDiverged` before a
+checkpoint holding it is written.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from torch import nn
 
 from diffplan.checkpoint import read_checkpoint, save_checkpoint
-from diffplan.config import Config, save_config
+from diffplan.config import Config, save_config, validate_config
 from diffplan.data.episodes import Episodes
 from diffplan.data.windows import TrajectoryWindows, fit_normalizer
 from diffplan.diffusion import Diffusion
@@ -35,9 +41,10 @@ from diffplan.distributed import (
     set_cpu_threads,
     shutdown,
 )
-from diffplan.errors import CheckpointError, ConfigError, DiffplanError
+from diffplan.errors import ConfigError, TrainingDiverged
 from diffplan.model import build_diffusion, build_spec
 from diffplan.normalizer import Normalizer
+from diffplan.preflight import check_run_dir, default_run_dir, prepare_run_dir
 
 N_EXAMPLES = 64  # training windows stored in the checkpoint (conditions for `diffplan sample`)
 CSV_FIELDS = ("step", "loss", "lr", "grad_norm")
@@ -106,23 +113,6 @@ def _check_resumable(stored: dict, config: Config, path: Path) -> None:
                 )
 
 
-def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    last = out / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise CheckpointError(f"nothing to resume: {last} not found")
-        return
-    if last.exists() and not overwrite:
-        raise DiffplanError(
-            f"{out} already holds a run ({last}); pass --resume to continue it, --overwrite to "
-            f"start over, or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:  # drop the old run's logs so that curves do not mix
-        for old in [out / "losses.csv", last, *out.glob("events.out.tfevents.*")]:
-            old.unlink(missing_ok=True)
-
-
 def _examples(windows: TrajectoryWindows, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed + 7)
     idx = torch.randint(len(windows), (min(N_EXAMPLES, len(windows)),), generator=gen)
@@ -131,15 +121,31 @@ def _examples(windows: TrajectoryWindows, seed: int) -> dict[str, torch.Tensor]:
 
 
 def _rewrite_csv(path: Path, upto_step: int) -> None:
-    """Keep the rows of steps <= upto_step (a crash after the last save may have left more)."""
+    """Keep the complete rows of steps <= upto_step (a crash after the last save may have left
+    more, or half a row); rewritten atomically."""
     if not path.is_file():
         return
+
+    def complete(row: dict) -> bool:
+        return all(row.get(k) not in (None, "") for k in CSV_FIELDS) and row["step"].isdigit()
+
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto_step]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        rows = [r for r in csv.DictReader(f) if complete(r) and int(r["step"]) <= upto_step]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _diverged(what: str, step: int, config: Config, saved: tuple[Path, int] | None) -> str:
+    tc = config.train
+    kept = f"{saved[0]} still holds step {saved[1]}" if saved else "no checkpoint was written"
+    return (
+        f"training diverged at step {step}: {what}; lower train.lr (now {tc.lr:g}) or add "
+        f"train.warmup_steps / train.grad_clip, and check the data ({kept})"
+    )
 
 
 def train(
@@ -154,13 +160,17 @@ def train(
 
     device: cpu | cuda | auto (default: config.train.device). Under torchrun, each process
     uses its LOCAL_RANK's GPU (or the CPU with the gloo backend).
+    out_dir (default runs/<config.name>) must be new or empty unless `resume` (continue its
+    last.pt) or `overwrite` (replace the previous run's files once every input checks out).
     """
+    validate_config(config)  # a Config built or changed in code gets the checks a file gets
+    out = Path(out_dir) if out_dir is not None else default_run_dir(config.name)
+    if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes there (and would race)
+        check_run_dir(out, resume, overwrite)
     dev = resolve_device(device or config.train.device, local_rank_from_env())
     info = init_distributed(dev)
     try:
-        return _train(
-            config, Path(out_dir or f"runs/{config.name}"), resume, dev, info, progress, overwrite
-        )
+        return _train(config, out, resume, dev, info, progress, overwrite)
     finally:
         shutdown(info)
 
@@ -186,8 +196,6 @@ def _train(
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
         set_cpu_threads(tc.threads, local_world if info.enabled else 1)
     ckpt_path = out / "last.pt"
-    if info.is_main:
-        _prepare_out_dir(out, resume, overwrite)
     raw = read_checkpoint(ckpt_path) if resume else None
     if raw is not None:
         _check_resumable(raw["config"], config, ckpt_path)
@@ -242,6 +250,11 @@ def _train(
             noise_gen.manual_seed(tc.seed * 1000 + 1 + info.rank + 7919 * step)
     if examples is None:
         examples = _examples(windows, tc.seed)
+    saved = (ckpt_path, step) if raw is not None else None  # the last checkpoint on disk
+
+    # ----- every input checked out: only now touch the run folder --------------------------
+    if info.is_main:
+        prepare_run_dir(out, overwrite=overwrite and not resume)
 
     loss_module: nn.Module = _LossModule(diffusion)
     if info.enabled:
@@ -308,6 +321,19 @@ def _train(
             return
         losses = mean_of_ranks(torch.stack([p[1] for p in pending]))  # one sync per interval
         grad_norms = torch.stack([p[3] for p in pending]).tolist()
+        finite = [
+            math.isfinite(loss) and math.isfinite(gn)
+            for loss, gn in zip(losses.tolist(), grad_norms, strict=True)
+        ]
+        if not all(finite):  # keep the good steps' rows, then stop: nothing non-finite is saved
+            i = finite.index(False)
+            if info.is_main:
+                rows = zip(pending[:i], losses.tolist()[:i], grad_norms[:i], strict=True)
+                for (s, _, lr, _), loss, gn in rows:
+                    csv_writer.writerow([s, repr(loss), repr(lr), repr(gn)])
+                csv_file.flush()
+            what = f"the loss is {float(losses[i])} (gradient norm {grad_norms[i]})"
+            raise TrainingDiverged(_diverged(what, pending[i][0], config, saved))
         if info.is_main:
             elapsed = max(time.perf_counter() - interval_start, 1e-9)
             for (s, _, lr, _), loss, gn in zip(pending, losses.tolist(), grad_norms, strict=True):
@@ -333,12 +359,18 @@ def _train(
         return values.cpu()
 
     def save(extra_meta: dict | None = None) -> None:
+        nonlocal saved
         flush_logs()
+        for name, module in (("weights", diffusion), ("EMA weights", ema)):
+            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+                what = f"the {name} hold NaN/inf"
+                raise TrainingDiverged(_diverged(what, step, config, saved))
         payload = make_payload()
         payload["meta"].update(extra_meta or {})
         if info.is_main:
             save_checkpoint(payload, ckpt_path)
             writer.flush()
+        saved = (ckpt_path, step)
 
     # ----- the loop ------------------------------------------------------------------------
     lo, hi = return_range if return_range is not None else (0.0, 1.0)

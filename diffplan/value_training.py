@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from diffplan.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
+from diffplan.checkpoint import LoadedModel, first_non_finite, load_checkpoint, save_checkpoint
 from diffplan.data.windows import TrajectoryWindows
 from diffplan.diffusion import Diffusion
 from diffplan.distributed import resolve_device
-from diffplan.errors import CheckpointError
+from diffplan.errors import CheckpointError, ConfigError, TrainingDiverged
 from diffplan.networks import ValueNet
 from diffplan.normalizer import Normalizer
+from diffplan.preflight import check_input_file, check_value_paths, remove_stale_temp_files
 from diffplan.spec import TrajectorySpec
 
 VALUE_FORMAT = "diffplan-value"
@@ -88,14 +90,23 @@ def train_value(
     termination_penalty: float | None = None,
     device: str = "cpu",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Train a value net for the model in `diffusion_checkpoint`; write it to `out_path`.
 
     Defaults: steps/batch_size/lr and the network size from the checkpoint's `config.value`,
     discount and termination_penalty from its `config.data`. Returns `out_path`.
+    Refused before any training (`check_value_paths`): `out_path` equal to the checkpoint, a
+    directory, or an existing file unless `overwrite`.
     """
     from diffplan.trainer import load_episodes  # the same data the diffusion model saw
 
+    check_value_paths(diffusion_checkpoint, out_path, overwrite)
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"value training {name} must be >= 1, got {value}")
+    if lr is not None and not lr > 0:
+        raise ConfigError(f"value training lr must be > 0, got {lr}")
     dev = resolve_device(device)
     loaded = load_checkpoint(diffusion_checkpoint, device=dev)
     config, spec = loaded.config, loaded.spec
@@ -103,6 +114,13 @@ def train_value(
     steps = vc.steps if steps is None else steps
     batch_size = vc.batch_size if batch_size is None else batch_size
     lr = vc.lr if lr is None else lr
+    levels = len(vc.dim_mults)
+    if spec.horizon % 2 ** (levels - 1):
+        raise ConfigError(
+            f"config key 'value.dim_mults' {vc.dim_mults} of {diffusion_checkpoint} does not fit "
+            f"the plan: horizon {spec.horizon} must be divisible by {2 ** (levels - 1)}; use "
+            f"fewer levels (retrain with e.g. value.dim_mults=[1,2])"
+        )
     discount = config.data.discount if discount is None else discount
     if termination_penalty is None:
         termination_penalty = config.data.termination_penalty
@@ -151,12 +169,19 @@ def train_value(
         losses.append(loss.detach())
 
     tail = torch.stack(losses[-100:]).mean().item() if losses else float("nan")
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    if (losses and not math.isfinite(tail)) or first_non_finite(state):
+        raise TrainingDiverged(
+            f"value training diverged (final loss {tail}, or NaN/inf weights); lower --lr / "
+            f"value.lr (now {lr:g}); {out_path} was not written"
+        )
+    remove_stale_temp_files([out_path])  # of an earlier, killed save
     payload = {
         "format": VALUE_FORMAT,
         "version": VALUE_VERSION,
         "fingerprint": model_fingerprint(spec, loaded.normalizer, diffusion),
         "net": net_args,
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "state_dict": state,
         "return_range": [float(lo), float(hi)],
         "discount": float(discount),
         "termination_penalty": float(termination_penalty),
@@ -184,9 +209,7 @@ def load_value(path: str | os.PathLike, loaded_diffusion: LoadedModel) -> ValueF
     A file trained for another model (other normalizer, layout or schedule) is a
     `CheckpointError`, as is anything that is not a diffplan value checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"value checkpoint {path} not found")
+    path = check_input_file(path, "value checkpoint")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and truncation errors all mean one thing here
@@ -206,6 +229,11 @@ def load_value(path: str | os.PathLike, loaded_diffusion: LoadedModel) -> ValueF
             f"{path} was trained for another diffusion model (fingerprint "
             f"{raw.get('fingerprint')} != {expected}: normalizer, plan layout or schedule differ;"
             f" made from {raw.get('diffusion_checkpoint')}); retrain it with `diffplan train-value`"
+        )
+    bad = first_non_finite(raw.get("state_dict"))
+    if bad:
+        raise CheckpointError(
+            f"{path} holds NaN/inf values (in {bad}); retrain it with `diffplan train-value`"
         )
     try:
         net = _build_net(raw["net"])

@@ -1,24 +1,31 @@
-"""Datasets in, training windows out: `Episodes`, the Minari/D4RL loaders, `TrajectoryWindows`."""
+"""Datasets in, training windows out: `Episodes`, the Minari/D4RL loaders, `TrajectoryWindows`.
 
-from diffplan.data.d4rl_source import load_d4rl_hdf5
-from diffplan.data.episodes import Episode, Episodes
-from diffplan.data.minari_source import flatten_observations, load_minari, resolve_minari_path
-from diffplan.data.windows import (
-    TrajectoryWindows,
-    fit_normalizer,
-    returns_to_go,
-    transitions,
-)
+The names below are imported on first use, so that `import diffplan.data.minari_source` (the
+CLI's quick "is the dataset there?" check) does not pay for torch and scipy.
+"""
 
-__all__ = [
-    "Episode",
-    "Episodes",
-    "TrajectoryWindows",
-    "fit_normalizer",
-    "flatten_observations",
-    "load_d4rl_hdf5",
-    "load_minari",
-    "resolve_minari_path",
-    "returns_to_go",
-    "transitions",
-]
+from __future__ import annotations
+
+import importlib
+
+_HOME = {
+    "Episode": "episodes",
+    "Episodes": "episodes",
+    "TrajectoryWindows": "windows",
+    "fit_normalizer": "windows",
+    "flatten_observations": "minari_source",
+    "load_d4rl_hdf5": "d4rl_source",
+    "load_minari": "minari_source",
+    "resolve_minari_path": "minari_source",
+    "returns_to_go": "windows",
+    "transitions": "windows",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"diffplan.data.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'diffplan.data' has no attribute '{name}'")
+
+
+__all__ = sorted(_HOME)

@@ -47,19 +47,27 @@ def _episode_ends(
     return np.asarray(sorted(ends), dtype=np.int64), truncs
 
 
+def check_d4rl_path(path: str | os.PathLike) -> Path:
+    """The path of a D4RL file that exists; `DatasetError` otherwise (nothing is opened)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise DatasetError(f"D4RL file {path} is a directory; pass the .hdf5 file itself")
+    if not path.is_file():
+        raise DatasetError(
+            f"D4RL file {path} does not exist; check the path (nothing is downloaded)"
+        )
+    return path
+
+
 def load_d4rl_hdf5(
     path: str | os.PathLike,
     max_episode_steps: int = 1000,
     keep_incomplete: bool = False,
 ) -> Episodes:
     """Read a D4RL HDF5 file and split it into episodes (rules: module docstring)."""
+    path = check_d4rl_path(path)
     import h5py
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DatasetError(
-            f"D4RL file {path} does not exist; check the path (nothing is downloaded)"
-        )
     if max_episode_steps < 1:
         raise DatasetError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
     try:

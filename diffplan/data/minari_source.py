@@ -4,7 +4,8 @@ Rules (documented here because they decide what the model sees):
 
 * **Location.** ``dataset`` is either a path to a dataset directory (the folder that holds
   ``data/``, or ``data/`` itself) or a Minari id such as ``diffplan/pointmaze-umaze-v0``,
-  looked up under ``root``, else ``$MINARI_DATASETS_PATH``, else ``~/.minari/datasets``.
+  looked up under ``root``, else ``$MINARI_DATASETS_PATH``, else ``data/minari`` in the
+  working directory (`datasets_root`; the one default of every command and of the demo).
   An id without ``-vN`` picks the highest local version. The folder is checked on disk
   *before* Minari is asked, so a missing dataset fails at once (no network attempt).
 * **T+1 observations.** Minari stores T+1 observations (reset + every step) and T actions;
@@ -36,13 +37,19 @@ from diffplan.errors import DatasetError
 _VERSION = re.compile(r"-v(\d+)$")
 
 
-def _default_root(root: str | os.PathLike | None) -> tuple[Path, str]:
+DEFAULT_DATASETS_ROOT = Path("data") / "minari"  # relative to the working directory
+MINARI_HOME_ROOT = Path("~/.minari/datasets")  # Minari's own default, not used by diffplan
+
+
+def datasets_root(root: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """Where local Minari datasets live, and why: ``root`` (``data.root``, ``--root``), else
+    ``$MINARI_DATASETS_PATH``, else ``./data/minari`` (absolute path, origin)."""
     if root is not None:
-        return Path(root).expanduser(), "root argument"
+        return Path(root).expanduser().absolute(), "data.root"
     env = os.environ.get("MINARI_DATASETS_PATH")
     if env:
-        return Path(env).expanduser(), "$MINARI_DATASETS_PATH"
-    return Path.home() / ".minari" / "datasets", "Minari's default location"
+        return Path(env).expanduser().absolute(), "$MINARI_DATASETS_PATH"
+    return DEFAULT_DATASETS_ROOT.absolute(), "the default; set MINARI_DATASETS_PATH to change it"
 
 
 def _local_ids(base: Path, limit: int = 20) -> list[str]:
@@ -81,7 +88,7 @@ def resolve_minari_path(dataset: str | os.PathLike, root: str | os.PathLike | No
             f"pass the dataset folder or a Minari id"
         )
     dataset = str(dataset)
-    base, origin = _default_root(root)
+    base, origin = datasets_root(root)
     cand = base / dataset / "data"
     if (cand / "metadata.json").is_file():
         return cand
@@ -96,8 +103,12 @@ def resolve_minari_path(dataset: str | os.PathLike, root: str | os.PathLike | No
         if versions:
             return max(versions)[1]
     local = _local_ids(base)
+    elsewhere = MINARI_HOME_ROOT.expanduser()
+    hint = ""
+    if elsewhere != base and (elsewhere / dataset).is_dir():
+        hint = f"; a copy exists in {elsewhere}: set MINARI_DATASETS_PATH={elsewhere} to use it"
     raise DatasetError(
-        f"Minari dataset '{dataset}' not found: looked in {base / dataset} ({origin}); "
+        f"Minari dataset '{dataset}' not found: looked in {base / dataset} ({origin}){hint}; "
         f"local datasets there: {local or 'none'}; {_creation_hint(dataset)} "
         f"or point root=/MINARI_DATASETS_PATH at the folder that holds it"
     )

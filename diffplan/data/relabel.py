@@ -3,7 +3,7 @@
 Why: the PointMaze datasets chase a new random goal in every episode (each episode ends at
 its goal's arrival) and the observation (x, y, vx, vy) does not hold the goal, so the stored
 rewards say "close to *this episode's* goal is good". A planner steered by a learned value
-or a target return towards one fixed, untold goal (BENCHMARKS.md B2) needs rewards computed
+or a target return towards one fixed, untold goal (docs/benchmarks.md, B2) needs rewards computed
 with respect to that goal instead.
 
 The reward is gymnasium-robotics' PointMaze `compute_reward` (maze_v4.py), evaluated on the

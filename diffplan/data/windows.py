@@ -7,10 +7,18 @@ End policy: ``"drop"`` keeps only windows whose H planned steps all lie inside t
 ``"pad"`` lets a window start at any step and, past the episode's end, repeats the episode's
 last observation with zero actions (zero in env units), marking those rows invalid in
 ``valid``.
+
+Padding limit: ``padded_fraction`` is the share of all planned steps of all windows that lie
+past their episode's end. Goal-reaching data pads by design (PointMaze episodes end at the
+goal, and the shipped PointMaze configs train at about 60 %), but when episodes are much
+shorter than a plan the model mostly learns to stand still. Above ``PADDING_WARN_FRACTION``
+(75 %) a `DiffplanWarning` says so; above ``MAX_PADDED_FRACTION`` (90 %) it is a
+`DatasetError` (lower the horizon or stride, use longer episodes, or ``end_policy="drop"``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,12 +26,14 @@ import torch
 from scipy.signal import lfilter
 
 from diffplan.data.episodes import Episodes
-from diffplan.errors import ConfigError, DatasetError
+from diffplan.errors import ConfigError, DatasetError, DiffplanWarning
 from diffplan.normalizer import Normalizer
 from diffplan.spec import TrajectorySpec
 
 END_POLICIES = ("pad", "drop")
 CONDITIONS = ("returns", "start", "end", "goal")
+PADDING_WARN_FRACTION = 0.75  # more padded planned steps than this: a warning
+MAX_PADDED_FRACTION = 0.9  # more than this: an error (see the module docstring)
 
 
 def transitions(episodes: Episodes) -> np.ndarray:
@@ -90,6 +100,7 @@ class TrajectoryWindows(torch.utils.data.Dataset):
         termination_penalty: float = 0.0,
         conditions: Sequence[str] | None = None,
         return_horizon: int | None = None,
+        max_padded_fraction: float = MAX_PADDED_FRACTION,
     ) -> None:
         if end_policy not in END_POLICIES:
             raise ConfigError(f"end_policy '{end_policy}' is unknown; choose 'pad' or 'drop'")
@@ -130,6 +141,7 @@ class TrajectoryWindows(torch.utils.data.Dataset):
         first = np.repeat(episodes.episode_starts - np.cumsum(counts) + counts, counts)
         self._starts = first + np.arange(len(self._ep), dtype=np.int64)
         self._ep_end = (episodes.episode_starts + lengths)[self._ep]  # exclusive
+        self.padded_fraction = self._padding(span, max_padded_fraction)
 
         # Normalize every step once (memory ~ the dataset) so batches are pure indexing.
         self._x = np.ascontiguousarray(normalizer.normalize(transitions(episodes)), np.float32)
@@ -138,6 +150,32 @@ class TrajectoryWindows(torch.utils.data.Dataset):
         self._offsets = np.arange(spec.horizon, dtype=np.int64) * spec.stride
         rtg = returns_to_go(episodes, discount, termination_penalty, return_horizon)
         self._rtg = rtg.astype(np.float32)
+
+    def _padding(self, span: int, limit: float) -> float:
+        """Share of planned steps past their episode's end; warns or raises (module docstring)."""
+        horizon, stride = self.spec.horizon, self.spec.stride
+        remaining = self._ep_end - self._starts  # env steps from each window's start on
+        inside = np.minimum(horizon, (remaining + stride - 1) // stride)
+        fraction = float(1.0 - inside.sum() / (len(inside) * horizon))
+        if fraction <= min(PADDING_WARN_FRACTION, limit):
+            return fraction
+        lengths = self.episodes.lengths
+        what = (
+            f"{100 * fraction:.0f} % of the planned steps of the training windows are padding "
+            f"past an episode's end: a plan spans {span} env steps (horizon {horizon} x stride "
+            f"{stride}) but episodes are {int(lengths.min())}..{int(lengths.max())} steps long "
+            f"(mean {lengths.mean():.0f})"
+        )
+        fix = "lower model.horizon or model.stride, or use longer episodes"
+        if fraction > limit:
+            raise DatasetError(
+                f"{what}; that is above the {100 * limit:.0f} % limit "
+                f"(diffplan.data.windows.MAX_PADDED_FRACTION): {fix}"
+            )
+        warnings.warn(
+            f"{what}; the model will mostly learn to stand still: {fix}", DiffplanWarning, 3
+        )
+        return fraction
 
     def __len__(self) -> int:
         return len(self._starts)
