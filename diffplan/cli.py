@@ -768,7 +768,11 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "data" and args.root is None and not os.environ.get("MINARI_DATASETS_PATH"):
+    if (
+        args.command == "data"
+        and getattr(args, "root", "") is None
+        and not os.environ.get("MINARI_DATASETS_PATH")
+    ):
         # One default for every command and the demo: ./data/minari, not Minari's ~/.minari.
         from diffplan.data.minari_source import datasets_root
 
