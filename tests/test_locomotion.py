@@ -269,3 +269,35 @@ def test_cli_help_lists_evaluate_without_env_requirement():
         check=True,
     ).stdout
     assert "--env" in out and "--value" in out and "key=value" in out
+
+
+def test_gif_of_one_episode_renders_headless(tmp_path):
+    """MuJoCo renders through EGL without a screen; the shipped medium policy drives Hopper."""
+    script = f"""
+import numpy as np, torch
+from diffplan.tasks.locomotion import LocomotionTask
+from diffplan.tasks.locomotion.datasets import POLICY_DIR
+from diffplan.tasks.locomotion.policy import load_policy
+from diffplan.tasks.render import record_episode
+
+policy = load_policy(POLICY_DIR / "hopper-medium.pt", env="hopper")
+gen = torch.Generator().manual_seed(0)
+
+class Agent:
+    def reset(self, env_indices=None): pass
+    def act(self, obs, goals=None, env_indices=None): return policy.act(obs, generator=gen)
+
+info = record_episode(Agent(), LocomotionTask("hopper"), r"{tmp_path / "ep.gif"}", max_steps=40)
+print(info["steps"], info["return"])
+"""
+    env = {**__import__("os").environ, "MUJOCO_GL": "egl"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    if done.returncode and "EGL" in done.stderr:
+        pytest.skip("no EGL on this machine: " + done.stderr.strip().splitlines()[-1])
+    assert done.returncode == 0, done.stderr[-500:]
+    steps, total = done.stdout.split()
+    assert int(steps) == 40 and float(total) > 0
+    from PIL import Image
+
+    gif = Image.open(tmp_path / "ep.gif")
+    assert gif.n_frames == 11 and gif.size == (240, 240)  # every 4th of 40 steps + the start

@@ -108,8 +108,8 @@ class Task(ABC):
     # ----- the environment ----------------------------------------------------------------
 
     @abstractmethod
-    def make_env(self) -> Any:
-        """A fresh gymnasium env for one lockstep slot."""
+    def make_env(self, render_mode: str | None = None) -> Any:
+        """A fresh gymnasium env for one lockstep slot (`render_mode="rgb_array"` for videos)."""
 
     def prepare(self, episodes: int, seed: int) -> None:
         """Fix the episode starts every policy meets; the default seeds reset() per episode."""

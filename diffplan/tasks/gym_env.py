@@ -71,14 +71,14 @@ class GymTask(Task):
     def name(self) -> str:
         return self.env or self.options.dataset
 
-    def make_env(self) -> Any:
+    def make_env(self, render_mode: str | None = None) -> Any:
         import gymnasium as gym
 
         if self._spec_json and not self.env:
             from gymnasium.envs.registration import EnvSpec
 
-            return gym.make(EnvSpec.from_json(self._spec_json))
-        return gym.make(self.env)
+            return gym.make(EnvSpec.from_json(self._spec_json), render_mode=render_mode)
+        return gym.make(self.env, render_mode=render_mode)
 
     def observation(self, raw: Any) -> np.ndarray:
         if isinstance(raw, dict):

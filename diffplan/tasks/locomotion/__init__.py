@@ -54,10 +54,10 @@ class LocomotionTask(Task):
     def info(self) -> dict[str, Any]:
         return {**super().info(), "env_id": self.env_id, "obs_act_dims": list(DIMS[self.env])}
 
-    def make_env(self) -> Any:
+    def make_env(self, render_mode: str | None = None) -> Any:
         import gymnasium as gym
 
-        return gym.make(self.env_id, max_episode_steps=MAX_EPISODE_STEPS)
+        return gym.make(self.env_id, max_episode_steps=MAX_EPISODE_STEPS, render_mode=render_mode)
 
     def refs(self) -> list[Refs]:
         lo, hi = D4RL_REFS[self.env]

@@ -63,11 +63,15 @@ class PointMazeTask(Task):
 
     # ----- environment ------------------------------------------------------------------
 
-    def make_env(self) -> Any:
+    def make_env(self, render_mode: str | None = None) -> Any:
         from diffplan.tasks.pointmaze.envs import make_eval_env
 
         return make_eval_env(
-            self.env, self.options.dense, self.options.multi_task, self.max_episode_steps
+            self.env,
+            self.options.dense,
+            self.options.multi_task,
+            self.max_episode_steps,
+            render_mode=render_mode,
         )
 
     def prepare(self, episodes: int, seed: int) -> None:

@@ -91,6 +91,7 @@ def make_eval_env(
     dense: bool = False,
     multi_task: bool = False,
     max_episode_steps: int | None = None,
+    render_mode: str | None = None,
 ) -> gym.Env:
     """B1 evaluation env.
 
@@ -108,6 +109,7 @@ def make_eval_env(
         continuing_task=True,
         reset_target=False,
         max_episode_steps=max_episode_steps or MAX_EPISODE_STEPS[maze],
+        render_mode=render_mode,
     )
 
 
