@@ -12,10 +12,13 @@ variant's per-episode returns against the behaviour data's mean return.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for --gif (before mujoco loads)
+
 import argparse
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +78,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, help="JSON (resumed if it exists)")
     p.add_argument("--plot", default=None)
+    p.add_argument("--gif", default=None, help="GIF of episode 0 with the best fast variant")
     args = p.parse_args()
 
     import torch
@@ -117,6 +121,21 @@ def main() -> None:
         tmp.write_text(json.dumps(report, indent=1))
         os.replace(tmp, out)
     print(format_table(report))
+    if args.gif:
+        from diffplan.tasks.planning import build_planner
+        from diffplan.tasks.render import record_episode
+
+        fast = {k: v for k, v in report["variants"].items() if k != "diffuser"}
+        best = max(fast, key=lambda k: fast[k]["scores"][0]["mean"])
+        kind, overrides, uses_value = VARIANTS[best]
+        loaded, value = models[kind]
+        planner = build_planner(
+            loaded, task_for(loaded.config), evaluation_config(loaded, overrides).plan,
+            value=value if uses_value else None,
+        )  # fmt: skip
+        info = record_episode(planner, task_for(loaded.config), args.gif, seed=args.seed)
+        print(f"gif: {args.gif} ({best}, episode 0: return {info['return']:.0f}, "
+              f"{info['steps']} steps)")  # fmt: skip
     if args.plot:
         from diffplan.tasks.plots import plot_returns
 
