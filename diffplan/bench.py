@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import resource
 import statistics
@@ -187,33 +188,100 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_data(dataset: str, json_path: str | None = None) -> dict:
-    """Time and peak memory of loading a Minari dataset into `Episodes` (B5), against the
-    raw size of its arrays."""
-    from diffplan.data import load_minari
+_DATA_PHASE = """
+import json, os, resource, sys, time, zlib
+from diffplan.data.minari_source import load_minari
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    start = time.perf_counter()
-    episodes = load_minari(dataset)
-    seconds = time.perf_counter() - start
-    arrays = [episodes.observations, episodes.actions, episodes.rewards]
-    arrays += [episodes.terminations, episodes.truncations]
-    if episodes.goals is not None:
-        arrays.append(episodes.goals)
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+args = json.loads(sys.argv[1])
+before = rss()
+start = time.perf_counter()
+eps = load_minari(args["dataset"], root=args["root"], **args["options"])
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+arrays = [eps.observations, eps.actions, eps.rewards, eps.terminations, eps.truncations]
+arrays += [] if eps.goals is None else [eps.goals]
+crc = 0
+for a in arrays:
+    crc = zlib.crc32(a.reshape(-1).view("u1"), crc)
+print(json.dumps({
+    "episodes": len(eps), "steps": eps.n_steps, "load_s": seconds,
+    "raw_arrays_mib": sum(a.nbytes for a in arrays) / 2**20,
+    "rss_before_mib": before,
+    "peak_rss_mib": peak,
+    "crc32": crc,
+}))
+"""
+
+
+def _data_phase(dataset: str, root: str | None, options: dict) -> dict:
+    """One load in a fresh interpreter, so that its peak memory is its own."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    arg = json.dumps({"dataset": dataset, "root": root, "options": options})
+    out = subprocess.run(
+        [sys.executable, "-c", _DATA_PHASE, arg], env=env, stdout=subprocess.PIPE, text=True
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"bench data: loading {dataset} failed (exit {out.returncode})")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_data(
+    dataset: str, json_path: str | None = None, root: str | None = None, minari: bool = False
+) -> dict:
+    """Time and peak memory of loading a Minari dataset into `Episodes` (B5), against the
+    raw size of its arrays: the first load (no cache: read the dataset, write the cache) and
+    a later load (from the cache), each in a fresh process; with `minari`, also the load
+    through Minari's per-episode API without a cache (the loader before the cache existed).
+    The cache goes to a temporary folder, so the dataset's own cache is left alone."""
+    import shutil
+    import tempfile
+
+    cache_dir = tempfile.mkdtemp(prefix="diffplan-bench-cache-")
+    phases = []
+    try:
+        if minari:
+            phases.append(("minari API, no cache", {"cache": False, "reader": "minari"}))
+        phases.append(("first load (h5py, writes cache)", {"cache_dir": cache_dir}))
+        phases.append(("later load (cache)", {"cache_dir": cache_dir}))
+        rows = []
+        for name, options in phases:
+            row = _data_phase(dataset, root, {"progress": True, **options})
+            row["phase"] = name
+            row["extra_mib"] = row["peak_rss_mib"] - row["rss_before_mib"]
+            row["extra_vs_raw"] = row["extra_mib"] / row["raw_arrays_mib"]
+            rows.append(row)
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    first = rows[0]
     report = {
         "dataset": dataset,
-        "episodes": len(episodes),
-        "steps": episodes.n_steps,
-        "load_s": seconds,
-        "raw_arrays_mib": sum(a.nbytes for a in arrays) / 2**20,
-        "peak_rss_before_mib": rss_before,
-        "peak_rss_after_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "root": root,
+        "episodes": first["episodes"],
+        "steps": first["steps"],
+        "raw_arrays_mib": first["raw_arrays_mib"],
+        "identical_arrays": len({r["crc32"] for r in rows}) == 1,
+        "phases": rows,
     }
     print(
-        f"{dataset}: {report['episodes']} episodes, {report['steps']} steps loaded in "
-        f"{seconds:.1f} s; raw arrays {report['raw_arrays_mib']:.0f} MiB; peak RSS "
-        f"{report['peak_rss_before_mib']:.0f} -> {report['peak_rss_after_mib']:.0f} MiB"
+        f"{dataset}: {report['episodes']} episodes, {report['steps']} steps, raw arrays "
+        f"{report['raw_arrays_mib']:.0f} MiB; same arrays in every phase: "
+        f"{report['identical_arrays']}"
     )
+    print(f"{'phase':34s} {'load s':>8s} {'RSS before':>11s} {'peak RSS':>9s} {'extra / raw':>12s}")
+    for r in rows:
+        print(
+            f"{r['phase']:34s} {r['load_s']:8.2f} {r['rss_before_mib']:8.0f} MiB "
+            f"{r['peak_rss_mib']:5.0f} MiB {r['extra_vs_raw']:11.2f}x"
+        )
+    print("extra = peak RSS during the load - RSS before it (imports done: torch, numpy)")
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=2))

@@ -35,12 +35,20 @@ class Size:
     dim: int
     dim_mults: tuple[int, ...]
     n_timesteps: int
+    position_dims: list[int] | None = None  # the state layout (goal guides, tracker)
+    velocity_dims: list[int] | None = None
 
 
 SIZES = [
     Size("diffuser-locomotion", TrajectorySpec(17, 6, 32), 32, (1, 2, 4, 8), 20),
     Size(
-        "pointmaze (configs/pointmaze-umaze.yaml)", TrajectorySpec(4, 2, 32, 4), 32, (1, 2, 4), 64
+        "pointmaze (configs/pointmaze-umaze.yaml)",
+        TrajectorySpec(4, 2, 32, 4),
+        32,
+        (1, 2, 4),
+        64,
+        position_dims=[0, 1],
+        velocity_dims=[2, 3],
     ),
 ]
 
@@ -97,9 +105,8 @@ def _planner(size: Size, recipe: Recipe, device: torch.device) -> MPCPlanner:
         action_mode="diffused" if spec.stride == 1 else "track",
         replan_every=1,
         device=device,
-        # PointMaze's state layout (x, y, vx, vy) for the tracker; unused at stride 1
-        position_dims=[0, 1] if spec.obs_dim == 4 else None,
-        velocity_dims=[2, 3] if spec.obs_dim == 4 else None,
+        position_dims=size.position_dims,
+        velocity_dims=size.velocity_dims,
     )
 
 

@@ -680,6 +680,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="train: B5 training speed; plan: B4 MPC speed; data: B5 dataset loading",
     )
     p.add_argument("--dataset", default="diffplan/pointmaze-umaze-v0", help="for `bench data`")
+    p.add_argument(
+        "--root", default=None, help="`bench data`: datasets root (default: MINARI_DATASETS_PATH)"
+    )
+    p.add_argument(
+        "--minari",
+        action="store_true",
+        help="`bench data`: also time the load through Minari's per-episode API, no cache",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -695,8 +703,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from diffplan.bench import bench_data, bench_train
 
     if args.what == "data":
-        _print_default_datasets_root()
-        bench_data(args.dataset, json_path=args.json)
+        if args.root is None:
+            _print_default_datasets_root()
+        bench_data(args.dataset, json_path=args.json, root=args.root, minari=args.minari)
         return 0
     bench_train(json_path=args.json, device=args.device, threads=args.threads)
     return 0

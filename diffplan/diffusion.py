@@ -221,7 +221,6 @@ class Diffusion(nn.Module):
         grid = torch.linspace(start, 0, min(steps, start + 1)).round().long().tolist()
         return sorted(set(grid), reverse=True)
 
-    @torch.no_grad()
     def sample(
         self,
         batch_size: int,
@@ -247,25 +246,29 @@ class Diffusion(nn.Module):
         sampler: "ddpm" (ancestral; eta=1) or "ddim" (eta defaults to 0), over `steps` timesteps.
         warm_start: (B, H, D) normalized plan noised to timestep `warm_start_t`; denoising
             starts there instead of from pure noise.
+
+        Runs under `torch.inference_mode` unless a guide takes gradients (then `no_grad`, with
+        autograd enabled around the guide's gradient only); returns ordinary tensors either way.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         eta = (1.0 if sampler == "ddpm" else 0.0) if eta is None else eta
         device = self.alphas_cumprod.device
         shape = (batch_size, self.spec.horizon, self.spec.transition_dim)
-        if guide is not None:
-            if ctx is None:
-                raise ValueError("sampling with a guide needs a GuideContext (ctx)")
-            guide_inpaint = guide.inpaint(ctx)
-            if guide_inpaint is not None:
-                guide_inpaint = Inpainting(
-                    guide_inpaint.mask.to(device),
-                    ctx.normalize(guide_inpaint.values.to(device, torch.float32)),
-                )
-                inpaint = guide_inpaint if inpaint is None else inpaint.merge(guide_inpaint)
-            inputs = guide.model_inputs(ctx)
-            if inputs is not None:
-                cond, cond_weight = inputs.cond.to(device), inputs.weight
+        with torch.no_grad():
+            if guide is not None:
+                if ctx is None:
+                    raise ValueError("sampling with a guide needs a GuideContext (ctx)")
+                guide_inpaint = guide.inpaint(ctx)
+                if guide_inpaint is not None:
+                    guide_inpaint = Inpainting(
+                        guide_inpaint.mask.to(device),
+                        ctx.normalize(guide_inpaint.values.to(device, torch.float32)),
+                    )
+                    inpaint = guide_inpaint if inpaint is None else inpaint.merge(guide_inpaint)
+                inputs = guide.model_inputs(ctx)
+                if inputs is not None:
+                    cond, cond_weight = inputs.cond.to(device), inputs.weight
         use_gradient = guide is not None and guide.uses_gradient
 
         if warm_start is not None:
@@ -273,25 +276,65 @@ class Diffusion(nn.Module):
                 raise ValueError(f"warm_start has shape {tuple(warm_start.shape)}, need {shape}")
             start_t = self.n_timesteps // 2 if warm_start_t is None else warm_start_t
             ts = self.timesteps(steps, start_t)
+        else:
+            ts = self.timesteps(steps)
+        mode = torch.no_grad() if use_gradient else torch.inference_mode()
+        with mode:
+            x, chain = self._denoise(
+                ts, shape, inpaint, guide if use_gradient else None, ctx, eta, warm_start,
+                cond, cond_weight, generator, return_chain,
+            )  # fmt: skip
+        if not use_gradient:  # inference tensors cannot be modified outside inference mode
+            x = x.clone()
+            chain = None if chain is None else [c.clone() for c in chain]
+        return Samples(x=x, chain=chain)
+
+    def _schedule(self, ts: list[int], eta: float) -> list[tuple[torch.Tensor, ...]]:
+        """Per visited timestep: (abar, abar_prev, posterior variance, sigma, direction), each
+        (1, 1, 1), with exactly the float32 arithmetic of the per-step formulas."""
+        t_now = torch.tensor(ts, device=self.alphas_cumprod.device)
+        abar = self._abar(t_now)
+        abar_prev = self._abar(torch.cat([t_now[1:], t_now.new_full((1,), -1)]))
+        # Variance of the (respaced) DDPM posterior q(x_prev | x_t, x0).
+        posterior_var = (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
+        sigma = eta * posterior_var.sqrt()
+        direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt()
+        return list(
+            zip(
+                abar_prev.sqrt().split(1),
+                posterior_var.split(1),
+                sigma.split(1),
+                direction.split(1),
+                strict=True,
+            )
+        )
+
+    def _denoise(
+        self, ts, shape, inpaint, guide, ctx, eta, warm_start, cond, cond_weight, generator,
+        return_chain,
+    ):  # fmt: skip
+        """The reverse process over timesteps `ts` (see `sample`); `guide` only when it takes
+        gradients."""
+        device = self.alphas_cumprod.device
+        batch_size = shape[0]
+        if warm_start is not None:
             noise = torch.randn(shape, device=device, generator=generator)
             x = self.q_sample(warm_start, torch.full((batch_size,), ts[0], device=device), noise)
         else:
-            ts = self.timesteps(steps)
             x = torch.randn(shape, device=device, generator=generator)
         if inpaint is not None:
             x = inpaint.apply(x)
         chain = [x] if return_chain else None
 
-        for i, t_now in enumerate(ts):
-            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        schedule = self._schedule(ts, eta)
+        for i, (t_now, (sqrt_abar_prev, posterior_var, sigma, direction)) in enumerate(
+            zip(ts, schedule, strict=True)
+        ):
+            last = i + 1 == len(ts)
             t = torch.full((batch_size,), t_now, device=device, dtype=torch.long)
-            abar = self._abar(t)
-            abar_prev = self._abar(torch.full_like(t, t_prev))
-            # Variance of the (respaced) DDPM posterior q(x_prev | x_t, x0).
-            posterior_var = (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
-            if use_gradient:
+            if guide is not None:
                 ctx.t, ctx.step, ctx.n_steps = t, i, len(ts)
-                ctx.posterior_variance = posterior_var
+                ctx.posterior_variance = posterior_var.expand(batch_size, 1, 1)
                 ctx.denoise = lambda x_t, t=t: self.predict(x_t, t, cond, cond_weight)[0]
                 for _ in range(guide.guide_steps):
                     with torch.enable_grad():
@@ -301,13 +344,11 @@ class Diffusion(nn.Module):
                     if inpaint is not None:
                         x = inpaint.apply(x)
             x0, eps = self.predict(x, t, cond, cond_weight)
-            sigma = eta * posterior_var.sqrt()
-            direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt()
-            x = abar_prev.sqrt() * x0 + direction * eps
-            if t_prev >= 0 and eta > 0:
+            x = sqrt_abar_prev * x0 + direction * eps
+            if not last and eta > 0:
                 x = x + sigma * torch.randn(shape, device=device, generator=generator)
             if inpaint is not None:
                 x = inpaint.apply(x)
             if return_chain:
                 chain.append(x)
-        return Samples(x=x, chain=chain)
+        return x, chain

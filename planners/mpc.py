@@ -11,6 +11,7 @@ the current plan: the diffused actions, or a PD tracker following the planned st
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -267,11 +268,14 @@ class MPCPlanner:
         else:
             best_index = torch.zeros(n_envs, dtype=torch.long, device=self.device)
         rows = torch.arange(n_envs, device=self.device) * n_cand + best_index
-        diagnostics = {k: v[rows] for k, v in self.guide.diagnostics(plans, ctx).items()}
+        best = plans[rows]
+        # Diagnostics are per plan and reported for the kept plans only: evaluate just those
+        # (a value guide's diagnostics rerun its network; on E plans rather than E * N).
+        diagnostics = self.guide.diagnostics(best, dataclasses.replace(ctx, n_candidates=1))
         plan = Plan(
             candidates=plans.view(n_envs, n_cand, *plans.shape[1:]),
             scores=None if scores is None else scores.view(n_envs, n_cand),
-            best=plans[rows],
+            best=best,
             best_normalized=samples.x[rows],
             best_index=best_index,
             diagnostics=diagnostics,
