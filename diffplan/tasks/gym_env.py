@@ -74,11 +74,13 @@ class GymTask(Task):
     def make_env(self, render_mode: str | None = None) -> Any:
         import gymnasium as gym
 
+        # Only ask for rendering when wanted: a user's env need not take `render_mode`.
+        kwargs = {} if render_mode is None else {"render_mode": render_mode}
         if self._spec_json and not self.env:
             from gymnasium.envs.registration import EnvSpec
 
-            return gym.make(EnvSpec.from_json(self._spec_json), render_mode=render_mode)
-        return gym.make(self.env, render_mode=render_mode)
+            return gym.make(EnvSpec.from_json(self._spec_json), **kwargs)
+        return gym.make(self.env, **kwargs)
 
     def observation(self, raw: Any) -> np.ndarray:
         if isinstance(raw, dict):
