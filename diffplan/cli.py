@@ -607,6 +607,7 @@ def add_train_value_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: half the cores)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -618,8 +619,10 @@ def cmd_train_value(args: argparse.Namespace) -> int:
             raise DiffplanError(f"{flag} must be >= 1, got {value}")
     check_value_paths(args.checkpoint, args.out, args.overwrite)  # before any training
 
+    from diffplan.distributed import set_cpu_threads
     from diffplan.value_training import train_value
 
+    set_cpu_threads(args.threads)  # torch's default (all cores) spin-waits on a busy machine
     path = train_value(
         args.checkpoint,
         args.out,
@@ -647,12 +650,15 @@ def add_train_inverse_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: half the cores)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def cmd_train_inverse(args: argparse.Namespace) -> int:
+    from diffplan.distributed import set_cpu_threads
     from diffplan.inverse_dynamics import train_inverse_dynamics
 
+    set_cpu_threads(args.threads)
     out = args.out or str(Path(args.checkpoint).with_name("inverse.pt"))
     path = train_inverse_dynamics(
         args.checkpoint,
