@@ -88,7 +88,8 @@ def main() -> None:
     report = json.loads(out.read_text()) if out.exists() else {"variants": {}}
     joint = load_checkpoint(args.checkpoint)
     task = task_for(joint.config)
-    if "behaviour_data" not in report:
+    task.check_model(joint)  # also reads the dataset's own refs from its metadata
+    if "behaviour_data" not in report or "score_dataset" not in report["behaviour_data"]:
         report["behaviour_data"] = behaviour_data(joint.config, task)
         report["dataset"] = joint.config.data.dataset
         report["checkpoint"] = {"path": args.checkpoint, "step": joint.step}
