@@ -79,6 +79,13 @@ def main() -> None:
     p.add_argument("--out", required=True, help="JSON (resumed if it exists)")
     p.add_argument("--plot", default=None)
     p.add_argument("--gif", default=None, help="GIF of episode 0 with the best fast variant")
+    p.add_argument(
+        "--merge",
+        nargs="*",
+        default=[],
+        help="other runs' JSON files whose variants to add "
+        "(variants evaluated in parallel processes)",
+    )
     args = p.parse_args()
 
     import torch
@@ -96,7 +103,10 @@ def main() -> None:
     models = {"joint": (joint, args.value)}
     if args.states_only:
         models["states-only"] = (load_checkpoint(args.states_only), args.states_only_value)
-    for name in args.variants.split(","):
+    for other in args.merge:
+        for name, entry in json.loads(Path(other).read_text())["variants"].items():
+            report["variants"].setdefault(name, entry)
+    for name in filter(None, args.variants.split(",")):
         kind, overrides, uses_value = VARIANTS[name]
         if name in report["variants"] or kind not in models:
             continue
@@ -121,6 +131,9 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(report, indent=1))
         os.replace(tmp, out)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, out)
     print(format_table(report))
     if args.gif:
         from diffplan.tasks.planning import build_planner
