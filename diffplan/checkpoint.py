@@ -105,14 +105,9 @@ def first_non_finite(obj: Any, where: str = "") -> str | None:
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """The raw checkpoint dict, validated; every failure is one clear `CheckpointError`."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(
-            f"checkpoint {path} is a directory, not a file; pass the file inside it, e.g. "
-            f"{path / 'last.pt'}"
-        )
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
+    from diffplan.preflight import check_input_file
+
+    path = check_input_file(path, "checkpoint")
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

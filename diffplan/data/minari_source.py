@@ -36,13 +36,14 @@ Rules (documented here because they decide what the model sees):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,24 @@ def resolve_minari_path(dataset: str | os.PathLike, root: str | os.PathLike | No
         f"local datasets there: {local or 'none'}; {_creation_hint(dataset)} "
         f"or point root=/MINARI_DATASETS_PATH at the folder that holds it"
     )
+
+
+@contextlib.contextmanager
+def minari_datasets_root(root: str | os.PathLike | None) -> Iterator[None]:
+    """Point Minari at ``root`` for the block (it reads MINARI_DATASETS_PATH per call);
+    None leaves it as it is."""
+    if root is None:
+        yield
+        return
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
 
 
 def read_minari_metadata(

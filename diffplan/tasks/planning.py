@@ -9,9 +9,7 @@ This sits at the top of the stack (it imports `guides`, `planners` and the tasks
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
 
 from diffplan.checkpoint import LoadedModel, load_checkpoint
 from diffplan.config import Config, PlanConfig, config_from_dict
@@ -40,18 +38,6 @@ def evaluation_config(loaded: LoadedModel, overrides: list[str] = ()) -> Config:
     if config.plan.mode not in PLANNER_MODES:
         raise ConfigError(f"plan.mode must be one of {PLANNER_MODES}, got {config.plan.mode!r}")
     return config
-
-
-def settings_from_checkpoint(loaded: LoadedModel, **overrides: Any) -> PlanConfig:
-    """The checkpoint's `plan:` settings with non-None keyword `overrides` (API use)."""
-    changes = {key: value for key, value in overrides.items() if value is not None}
-    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(PlanConfig)})
-    if unknown:
-        raise ConfigError(f"unknown planner setting '{unknown[0]}'")
-    settings = dataclasses.replace(loaded.config.plan, **changes)
-    if settings.mode not in PLANNER_MODES:
-        raise ConfigError(f"planner must be one of {PLANNER_MODES}, got {settings.mode!r}")
-    return settings
 
 
 def _loaded(checkpoint: str | Path | LoadedModel, device: str) -> LoadedModel:

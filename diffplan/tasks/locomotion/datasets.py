@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffplan.data.minari_source import minari_datasets_root
 from diffplan.errors import ConfigError, DiffplanError
 from diffplan.tasks.locomotion.envs import (
     D4RL_REFS,
@@ -846,23 +847,6 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _datasets_root(root: str | os.PathLike | None):
-    """Point Minari at `root` for the block (it reads MINARI_DATASETS_PATH per call)."""
-    if root is None:
-        yield
-        return
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
-
-
 def generate_mujoco_dataset(
     env: str,
     level: str,
@@ -915,7 +899,7 @@ def generate_mujoco_dataset(
                 f"malformed Minari dataset id {dataset_id!r}; ids look like"
                 " namespace/name-vN, e.g. diffplan/hopper-medium-v0"
             ) from None
-        with _datasets_root(root):
+        with minari_datasets_root(root):
             target = Path(get_dataset_path(dataset_id))
         if target.exists() and not overwrite:
             raise FileExistsError(
@@ -1042,7 +1026,7 @@ def generate_mujoco_dataset(
 
     t_write = time.perf_counter()
     if fmt == "minari":
-        with _datasets_root(root):
+        with minari_datasets_root(root):
             if target.exists():  # overwrite=True: replaced only now, once the data exists
                 shutil.rmtree(target)
             summary["path"] = str(target)

@@ -26,7 +26,6 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from diffplan.data.minari_source import minari_datasets_root
 from diffplan.tasks.pointmaze.maze import (
     ENV_NAMES,
     MAX_EPISODE_STEPS,
@@ -128,23 +128,6 @@ def default_dataset_id(maze: str, dense: bool = False) -> str:
     return f"diffplan/pointmaze-{check_maze(maze)}{'-dense' if dense else ''}-v0"
 
 
-@contextlib.contextmanager
-def _datasets_root(root: str | os.PathLike | None) -> Iterator[None]:
-    """Temporarily point Minari at ``root`` (it reads MINARI_DATASETS_PATH per call)."""
-    if root is None:
-        yield
-        return
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
-
-
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in ("gymnasium", "gymnasium-robotics", "mujoco", "minari", "numpy"):
@@ -189,7 +172,7 @@ def generate_pointmaze_dataset(
 
     check_maze(maze)
     dataset_id = dataset_id or default_dataset_id(maze, dense)
-    with _datasets_root(root):
+    with minari_datasets_root(root):
         path = Path(get_dataset_path(dataset_id))
         if path.exists():
             if not overwrite:
@@ -305,7 +288,7 @@ def generate_pointmaze_dataset(
     with contextlib.suppress(FileNotFoundError, KeyError):
         refs = load_refs(maze, dense)
     eval_env = make_eval_env(maze, dense)
-    with _datasets_root(root), warnings.catch_warnings():
+    with minari_datasets_root(root), warnings.catch_warnings():
         # no contact e-mail to give; Minari warns about that on every dataset
         warnings.filterwarnings("ignore", message=".*author_email.*")
         t1 = time.perf_counter()
