@@ -14,6 +14,7 @@ import argparse
 import gymnasium as gym
 import numpy as np
 
+from diffplan.tasks.pointmaze import MazeGrid
 from diffplan.tasks.pointmaze.envs import register_envs
 from guides import Goal
 from planners import MPCPlanner
@@ -30,8 +31,15 @@ def main() -> None:
     # the checkpoint's `plan:` section; keywords override any of them.
     planner = MPCPlanner.from_checkpoint(
         args.checkpoint,
-        # The goal comes with each act() call; replans keep the first plan's arrival time.
-        guide=[Goal(zero_velocity=True, arrival="first-plan")],
+        # The goal comes with each act() call; replans keep the first plan's arrival time;
+        # a goal inside a wall or in a part of the maze the ball cannot reach is an error.
+        guide=[
+            Goal(
+                zero_velocity=True,
+                arrival="first-plan",
+                check=MazeGrid.from_name("umaze").check_goal,
+            )
+        ],
         sampling_steps=10,
         warm_start=True,
     )

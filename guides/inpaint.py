@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from diffplan.guidance import Guide, GuideContext, Inpainting
@@ -84,6 +85,9 @@ class Goal(Guide):
         steps after the episode began, and holds the goal at every planned step after that;
         so the horizon shrinks as the episode runs and a ball at the goal plans to stay.
         (With "end", each replan moves the arrival H-1 planned steps into the future.)
+    check: optional ``check(goal, position)`` called per env with the goal and the current
+        position (both env units, numpy) before planning; it raises ValueError for a goal the
+        environment cannot offer (e.g. :meth:`MazeGrid.check_goal`: inside a wall, unreachable).
     Its score prefers plans that get close early: minus the mean distance to the goal over
     the plan, a proxy for the time spent at the goal.
     """
@@ -97,6 +101,7 @@ class Goal(Guide):
         velocity_dims: Sequence[int] | None = None,
         score_weight: float = 1.0,
         arrival: str = "end",
+        check: Callable[[np.ndarray, np.ndarray | None], None] | None = None,
     ):
         if arrival not in ("end", "first-plan"):
             raise ValueError(f"Goal arrival must be 'end' or 'first-plan', got {arrival!r}")
@@ -109,6 +114,7 @@ class Goal(Guide):
         self.zero_velocity = zero_velocity
         self._velocity_dims = None if velocity_dims is None else list(velocity_dims)
         self.score_weight = score_weight
+        self.check = check
 
     def dims_for(self, ctx: GuideContext) -> list[int]:
         dims = self._dims if self._dims is not None else ctx.position_dims
@@ -143,8 +149,17 @@ class Goal(Guide):
             raise ValueError("Goal position contains NaN or inf")
         return goal.expand(ctx.n_envs, -1)
 
+    def _check_goals(self, ctx: GuideContext, goals: torch.Tensor) -> None:
+        positions = None
+        if ctx.observation is not None:
+            positions = ctx.observation[:, self.dims_for(ctx)].detach().cpu().numpy()
+        for i, goal in enumerate(goals.detach().cpu().numpy()):
+            self.check(goal, None if positions is None else positions[min(i, len(positions) - 1)])
+
     def inpaint(self, ctx: GuideContext) -> Inpainting:
         dims, values = self.dims_for(ctx), self.target(ctx)
+        if self.check is not None:
+            self._check_goals(ctx, values)
         if self.zero_velocity:
             velocity_dims = self.velocity_dims_for(ctx)
             dims += velocity_dims

@@ -130,7 +130,16 @@ class PointMazeTask(Task):
         from guides import Goal
 
         # Diffuser's Maze2D target: the goal at rest; MPC keeps the first plan's arrival time.
-        return [Goal(dims=(0, 1), zero_velocity=True, velocity_dims=(2, 3), arrival="first-plan")]
+        # A goal in a wall or in a part of the maze the ball cannot reach is refused.
+        return [
+            Goal(
+                dims=(0, 1),
+                zero_velocity=True,
+                velocity_dims=(2, 3),
+                arrival="first-plan",
+                check=MazeGrid.from_name(self.env).check_goal,
+            )
+        ]
 
     def tracker_dims(self) -> tuple[list[int], list[int]]:
         return [0, 1], [2, 3]
@@ -183,6 +192,7 @@ class NoiseFreeControllerPolicy:
 __all__ = [
     "MAX_EPISODE_STEPS",
     "MAZES",
+    "MazeGrid",
     "NoiseFreeControllerPolicy",
     "PointMazeTask",
     "record_episode_starts",

@@ -122,6 +122,33 @@ class MazeGrid:
             math.floor(float(xy[0]) + self.width / 2),
         )
 
+    def check_goal(self, goal: Sequence[float], start: Sequence[float] | None = None) -> None:
+        """Raise ValueError (one line) if ``goal`` (x, y) lies in a wall, outside the maze, or in
+        a part of the maze that ``start`` (x, y) cannot reach."""
+        cell = self.xy_to_cell(goal)
+        where = f"goal ({float(goal[0]):.2f}, {float(goal[1]):.2f})"
+        if not (0 <= cell[0] < self.height and 0 <= cell[1] < self.width):
+            raise ValueError(f"{where} lies outside the maze; give a point in a free cell")
+        if self.walls[cell]:
+            nearest = min(
+                self.free_cells, key=lambda c: float(np.linalg.norm(self.cell_to_xy(c) - goal))
+            )
+            x, y = self.cell_to_xy(nearest)
+            raise ValueError(
+                f"{where} lies inside a wall (cell {cell}); give a point in a free cell, "
+                f"e.g. the nearest free cell's centre ({x:.2f}, {y:.2f})"
+            )
+        if start is not None:
+            origin = self.xy_to_cell(start)
+            if self.is_free(origin):
+                try:
+                    self.shortest_path(origin, cell)
+                except ValueError:
+                    raise ValueError(
+                        f"{where} (cell {cell}) cannot be reached from the ball's cell {origin}: "
+                        "no free path joins them; give a goal in the ball's part of the maze"
+                    ) from None
+
     def shortest_path(self, start: Cell, goal: Cell) -> list[Cell]:
         """BFS cell path from ``start`` to ``goal``, both included (cached).
 
