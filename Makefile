@@ -26,9 +26,9 @@ demo: setup
 	$(BIN)/python examples/pointmaze_demo.py --out runs/demo
 
 bench: setup
-	$(BIN)/diffplan bench train --json runs/bench/train.json
-	$(BIN)/diffplan bench plan --json runs/bench/plan.json
-	$(BIN)/diffplan bench data --json runs/bench/data.json
+	$(BIN)/diffplan bench train --json runs/bench/train.json --overwrite
+	$(BIN)/diffplan bench plan --json runs/bench/plan.json --overwrite
+	$(BIN)/diffplan bench data --json runs/bench/data.json --overwrite
 
 format: setup
 	$(BIN)/ruff format .

@@ -22,6 +22,7 @@ import torch
 
 from diffplan.config import Config, load_config
 from diffplan.distributed import resolve_device
+from diffplan.files import write_json_atomic
 from diffplan.model import build_diffusion
 from diffplan.networks import count_parameters
 from diffplan.spec import TrajectorySpec
@@ -161,8 +162,7 @@ def bench_train(
     }
     print(format_table(report))
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=2))
+        write_json_atomic(json_path, report)
         print(f"json: {json_path}")
     return report
 
@@ -283,6 +283,5 @@ def bench_data(
         )
     print("extra = peak RSS during the load - RSS before it (imports done: torch, numpy)")
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=2))
+        write_json_atomic(json_path, report)
     return report

@@ -8,19 +8,18 @@ fewer candidates). Untrained weights: speed does not depend on them.
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffplan.diffusion import Diffusion
 from diffplan.distributed import resolve_device
+from diffplan.files import write_json_atomic
 from diffplan.networks import TemporalUnet, ValueNet, count_parameters
 from diffplan.normalizer import Normalizer
 from diffplan.spec import TrajectorySpec
@@ -153,8 +152,7 @@ def bench_plan(
         "rows": rows,
     }
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=2))
+        write_json_atomic(json_path, report)
     return report
 
 

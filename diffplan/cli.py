@@ -224,8 +224,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"stride {s.stride}  (plans span {(s.horizon - 1) * s.stride + 1} env steps)"
     )
     print(
-        f"model        TemporalUnet dim {c.model.dim} mults {c.model.dim_mults} "
-        f"params {count_parameters(model.diffusion.model):,}  cond_dim {model.cond_dim}"
+        f"model        {type(model.diffusion.model).__name__} ({c.model.type}) dim {c.model.dim} "
+        + (
+            f"mults {c.model.dim_mults} "
+            if c.model.type == "unet"
+            else f"depth {c.model.depth} heads {c.model.heads} "
+        )
+        + f"params {count_parameters(model.diffusion.model):,}  cond_dim {model.cond_dim}"
     )
     d = c.diffusion
     print(
@@ -589,11 +594,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _write_json_atomically(payload: dict, path: Path) -> None:
-    import json
+    from diffplan.files import write_json_atomic
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(path, payload)
 
 
 # ----------------------------------------------------------------------------- train-value
@@ -695,11 +698,16 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="`bench data`: also time the load through Minari's per-episode API, no cache",
     )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.json:
+        from diffplan.preflight import check_output_file
+
+        check_output_file(args.json, args.overwrite, "--json", example="bench.json")
     if args.what == "plan":
         from diffplan.bench_plan import bench_plan, format_plan_table
 
@@ -781,8 +789,19 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"diffplan: {label}: {text}", file=file or sys.stderr)
 
 
+def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse argv; key=value overrides may come before, between or after the flags."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and not any(x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]  # argparse stops at the first flag
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(argv)
     if (
         args.command == "data"
         and getattr(args, "root", "") is None

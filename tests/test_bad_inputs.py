@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,11 +135,7 @@ class Case:
 
 
 def train_args(t: Path, out: str = "run", *extra: str) -> list[str]:
-    """Flags first, then key=value overrides (argparse takes no flag after them)."""
-    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
-    flags = [e for e in extra if e not in overrides]
-    return ["train", "--config", TINY, "--out", str(t / out), "--no-progress", *flags, *FAST,
-            *overrides]  # fmt: skip
+    return ["train", "--config", TINY, "--out", str(t / out), "--no-progress", *FAST, *extra]
 
 
 def value_args(t: Path, out: str, *extra: str) -> list[str]:
@@ -281,6 +278,10 @@ CASES = [
          lambda t: ["sample", "--checkpoint", str(t / "run/last.pt"), "--plot",
                     str(t / "run/last.pt"), "--overwrite"],
          ("is the checkpoint",)),
+    Case("bench-json-exists", lambda t: ["bench", "train", "--json", str(t / "file")],
+         ("file exists", "--overwrite"), setup=a_file),
+    Case("flag-unknown-after-an-override", lambda t: train_args(t, "fresh", "--bogus"),
+         ("unrecognized arguments: --bogus",), must_not_exist=("fresh",)),
     Case("sample-zero-plans", lambda t: ["sample", "--checkpoint", str(t / "run/last.pt"), "--n",
                                          "0"], ("--n must be >= 1",)),
 ]  # fmt: skip
@@ -337,6 +338,21 @@ def mpc_on_cuda(t: Path) -> None:
     MPCPlanner.from_checkpoint(str(t / "run/last.pt"), device="cuda")
 
 
+def plan_to_maze_goal(t: Path, goal, maze_map=None) -> None:
+    from diffplan.tasks.pointmaze import MazeGrid
+    from guides import Goal
+    from planners import MPCPlanner
+
+    grid = MazeGrid(maze_map) if maze_map else MazeGrid.from_name("umaze")
+    guide = Goal(dims=[0, 1], check=grid.check_goal)
+    planner = MPCPlanner.from_checkpoint(str(t / "run/last.pt"), guide=guide, n_candidates=2)
+    planner.act(np.array([-1.0, 0.0]), goal=np.asarray(goal))
+
+
+# Two rooms with no door between them: (-1, 0) and (1, 0) are free but not connected.
+TWO_ROOMS = [[1, 1, 1, 1, 1], [1, 0, 1, 0, 1], [1, 1, 1, 1, 1]]
+
+
 def api(name, call, error, match, setup=None, marks=()):
     return pytest.param(call, error, match, setup, id=name, marks=marks)
 
@@ -377,6 +393,12 @@ API_CASES = [
         lambda t: load_checkpoint(t / "run/last.pt", device="cuda"), ConfigError, NO_CUDA,
         marks=needs_no_cuda),
     api("planner-on-missing-cuda", mpc_on_cuda, ConfigError, NO_CUDA, marks=needs_no_cuda),
+    api("goal-inside-a-maze-wall", lambda t: plan_to_maze_goal(t, [0.0, 0.0]), ValueError,
+        r"goal \(0.00, 0.00\) lies inside a wall \(cell \(2, 2\)\).*nearest free"),
+    api("goal-outside-the-maze", lambda t: plan_to_maze_goal(t, [9.0, 0.0]), ValueError,
+        "lies outside the maze"),
+    api("goal-unreachable-in-the-maze", lambda t: plan_to_maze_goal(t, [1.0, 0.0], TWO_ROOMS),
+        ValueError, r"cannot be reached from the ball's cell \(1, 1\)"),
 ]  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffplan.cli import SUBCOMMANDS, main
+from diffplan.cli import SUBCOMMANDS, main, parse_command_line
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -78,6 +78,14 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 def test_misspelt_override_is_one_line(tmp_path):
     result = run_cli("train", "--config", TINY, "--out", str(tmp_path), "train.stesp=3")
     _assert_one_line_error(result, "train.stesp", "'steps'")
+
+
+def test_overrides_may_follow_flags():
+    args = parse_command_line(
+        ["train", "--config", TINY, "train.steps=3", "--out", "x", "--no-progress", "model.dim=8"]
+    )
+    assert args.overrides == ["train.steps=3", "model.dim=8"]
+    assert args.out == "x" and args.no_progress
 
 
 def test_usage_error_is_one_line():

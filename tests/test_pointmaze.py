@@ -73,6 +73,16 @@ def test_bfs_is_shortest_and_deterministic() -> None:
     assert p == MazeGrid.from_name("large").shortest_path((1, 1), (7, 9))
 
 
+def test_check_goal_accepts_free_cells_and_refuses_walls() -> None:
+    grid = MazeGrid.from_name("medium")
+    for cell in grid.free_cells:
+        grid.check_goal(grid.cell_to_xy(cell), start=grid.cell_to_xy(grid.free_cells[0]))
+    walls = [(r, c) for r in range(grid.height) for c in range(grid.width) if grid.walls[r, c]]
+    for cell in walls:
+        with pytest.raises(ValueError, match="inside a wall"):
+            grid.check_goal(grid.cell_to_xy(cell))
+
+
 def test_controller_reaches_goal_from_every_umaze_cell() -> None:
     env = make_eval_env("umaze")
     u = env.unwrapped
@@ -119,6 +129,15 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("minari")
     summary = generate_pointmaze_dataset("umaze", steps=STEPS, seed=7, root=root, progress=False)
     return {"root": root, "summary": summary}
+
+
+def test_generator_default_root_is_the_cli_default(tmp_path, monkeypatch) -> None:
+    """Called from Python with no root, datasets land where every command looks: ./data/minari."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MINARI_DATASETS_PATH", raising=False)
+    generate_pointmaze_dataset("umaze", steps=200, seed=1, progress=False)
+    assert (tmp_path / "data/minari/diffplan/pointmaze-umaze-v0/data/main_data.hdf5").is_file()
+    assert "MINARI_DATASETS_PATH" not in os.environ
 
 
 def _load(root, dataset_id: str):  # noqa: ANN001

@@ -140,13 +140,10 @@ def resolve_minari_path(dataset: str | os.PathLike, root: str | os.PathLike | No
 
 @contextlib.contextmanager
 def minari_datasets_root(root: str | os.PathLike | None) -> Iterator[None]:
-    """Point Minari at ``root`` for the block (it reads MINARI_DATASETS_PATH per call);
-    None leaves it as it is."""
-    if root is None:
-        yield
-        return
+    """Point Minari at ``root`` for the block (it reads MINARI_DATASETS_PATH per call); None
+    means diffplan's one default (:func:`datasets_root`), never Minari's own ~/.minari."""
     old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    os.environ["MINARI_DATASETS_PATH"] = str(datasets_root(root)[0])
     try:
         yield
     finally:

@@ -53,6 +53,7 @@ import torch
 
 from diffplan.data.minari_source import minari_datasets_root
 from diffplan.errors import ConfigError, DiffplanError
+from diffplan.files import write_json_atomic
 from diffplan.tasks.locomotion.envs import (
     D4RL_REFS,
     ENV_IDS,
@@ -148,13 +149,6 @@ def _versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             out[pkg] = "absent"
     return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _sha256(path: Path) -> str:
@@ -261,7 +255,7 @@ def dataset_refs(
     if changed or card.get("refs") != refs:
         card["refs"] = refs
         try:
-            _atomic_write_text(path, json.dumps(card, indent=1) + "\n")
+            write_json_atomic(path, card, indent=1)
         except OSError as e:  # a read-only install: use the refs, measure again next time
             print(f"note: could not cache the refs in {path} ({e.strerror})", file=sys.stderr)
     return refs
@@ -457,14 +451,14 @@ def export_policy(
         "versions": _versions(),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _atomic_write_text(card_dst, json.dumps(card, indent=1) + "\n")
+    write_json_atomic(card_dst, card, indent=1)
     if level == "expert":  # keep the other cards' cached refs in step with the new expert
         med = card_path(env, "medium", out_dir)
         if med.is_file():
             with contextlib.suppress(OSError, ValueError):
                 other = json.loads(med.read_text())
                 other["refs"] = {**(other.get("refs") or {}), **refs}
-                _atomic_write_text(med, json.dumps(other, indent=1) + "\n")
+                write_json_atomic(med, other, indent=1)
     print(
         f"{env} {level}: return {ret['mean']:.1f} ± {ret['se']:.1f} ({episodes} episodes,"
         f" D4RL-normalized {card['normalized_return_d4rl']:.1f}) -> {dst}",
@@ -1044,6 +1038,6 @@ def generate_mujoco_dataset(
     summary["wall_time_s"] = time.perf_counter() - t0
     if fmt == "minari":
         dataset.storage.update_metadata({"generation_summary": summary})
-    _atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(summary_path, summary)
     print(format_summary(summary), file=sys.stdout, flush=True)
     return summary

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from diffplan.errors import DiffplanError
+from diffplan.files import write_json_atomic
 from diffplan.tasks.locomotion.envs import ENV_IDS, env_id_for
 from diffplan.tasks.locomotion.policy import GaussianMLPPolicy, from_sb3_actor, save_policy
 
@@ -60,9 +61,7 @@ def evaluate_returns(
 
 
 def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1)
 
 
 def _save_replay(buffer, path: Path) -> int:

@@ -165,6 +165,8 @@ def generate_pointmaze_dataset(
     Returns a summary (also stored in the dataset metadata under
     ``generation_summary`` and as ``generation_summary.json`` in the dataset
     directory). Raises ``FileExistsError`` if the id exists and not ``overwrite``.
+    ``root``: the datasets root; None is every diffplan command's default
+    (``$MINARI_DATASETS_PATH``, else ``./data/minari``), not Minari's ``~/.minari``.
     """
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
