@@ -1,11 +1,19 @@
 """The protocol through which guides steer sampling, and the context they see.
 
-A guide implements any subset of four hooks (all optional; the defaults do nothing):
+A guide implements any subset of these hooks (all optional; the defaults do nothing):
 
     inpaint(ctx)          -> Inpainting in env units   fix entries of the plan (start, goal, ...)
-    gradient(x, ctx)      -> (B, H, D) tensor          a step added to normalized x_t
+    objective(x, ctx)     -> (B,) tensor               a differentiable objective of normalized
+                                                       x_t; its gradient is the step added to x_t
+    gradient(x, ctx)      -> (B, H, D) tensor          a step added to normalized x_t, for steps
+                                                       that are not an objective's gradient
     model_inputs(ctx)     -> ModelInputs               condition the denoiser (e.g. a return)
     score(plans, ctx)     -> (B,) tensor               rank finished plans (env units; higher wins)
+
+Guides that give an `objective` share ONE backward pass when composed: their objectives are
+summed (and the denoiser's estimate x0_hat(x_t), `ctx.denoise`, is computed once for all of
+them) before a single autograd call; `gradient` is for steps that post-process a gradient
+(e.g. clipping), which cannot be summed before the backward pass.
 
 Shapes: B = E * N (E environments x N candidates, environment-major), H = horizon,
 D = act_dim + obs_dim laid out as `TrajectorySpec` says. Guides speak env units; the context
@@ -124,8 +132,12 @@ class Guide:
     def inpaint(self, ctx: GuideContext) -> Inpainting | None:
         return None
 
-    def gradient(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
+    def objective(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
+        """(B,) differentiable in `x` (normalized x_t, requires grad); None: no step now."""
         return None
+
+    def gradient(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
+        return objective_gradient([self], x, ctx) if self.has_objective else None
 
     def model_inputs(self, ctx: GuideContext) -> ModelInputs | None:
         return None
@@ -141,11 +153,49 @@ class Guide:
         """Forget per-episode state."""
 
     @property
+    def has_objective(self) -> bool:
+        return type(self).objective is not Guide.objective
+
+    @property
     def uses_gradient(self) -> bool:
-        return type(self).gradient is not Guide.gradient
+        return self.has_objective or type(self).gradient is not Guide.gradient
+
+    @property
+    def step_is_objective_gradient(self) -> bool:
+        """True when this guide's step is exactly the gradient of its objective, so that it
+        may share a backward pass with other guides (subclasses that clip say False)."""
+        return self.has_objective and type(self).gradient is Guide.gradient
 
     def __add__(self, other: Guide) -> Compose:
         return Compose([self, other])
+
+
+def objective_gradient(guides: list[Guide], x: torch.Tensor, ctx: GuideContext):
+    """grad_x of the summed objectives of `guides`: one backward pass, and the denoiser's
+    estimate of x0 computed at most once (shared by every guide that asks for it)."""
+    x = x.detach().requires_grad_(True)
+    denoise, cache = ctx.denoise, {}
+
+    def shared_denoise(x_t: torch.Tensor) -> torch.Tensor:
+        if x_t is not x or denoise is None:
+            return denoise(x_t)
+        if "x0" not in cache:
+            cache["x0"] = denoise(x)
+        return cache["x0"]
+
+    ctx.denoise = shared_denoise if denoise is not None else None
+    try:
+        total = None
+        for g in guides:
+            part = g.objective(x, ctx)
+            if part is not None and part.requires_grad:
+                total = part.sum() if total is None else total + part.sum()
+    finally:
+        ctx.denoise = denoise
+    if total is None:
+        return None
+    (grad,) = torch.autograd.grad(total, x, allow_unused=True)
+    return grad
 
 
 class Compose(Guide):
@@ -172,9 +222,11 @@ class Compose(Guide):
         return merged
 
     def gradient(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
-        total = None
-        for g in self.guides:
-            if g.uses_gradient:
+        active = [g for g in self.guides if g.uses_gradient]
+        shared = [g for g in active if g.step_is_objective_gradient]
+        total = objective_gradient(shared, x, ctx) if shared else None
+        for g in active:
+            if g not in shared:
                 part = g.gradient(x, ctx)
                 if part is not None:
                     total = part if total is None else total + part

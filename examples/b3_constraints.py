@@ -228,13 +228,20 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
 
     if guided is None:
         extra = [
-            Constraint(KeepOutDisk(d.center(maze), d.radius), weight=0.0, penalty=0.0, name=d.name)
+            Constraint(
+                KeepOutDisk(d.center(maze), d.radius, segments=args.segments),
+                weight=0.0,
+                penalty=0.0,
+                name=d.name,
+            )
             for d in disks
         ]
     else:
         extra = [
             Constraint(
-                KeepOutDisk(guided.center(maze), guided.radius + args.margin),
+                KeepOutDisk(
+                    guided.center(maze), guided.radius + args.margin, segments=args.segments
+                ),
                 weight=args.weight,
                 active_fraction=args.active_fraction,
                 grad_clip=args.grad_clip,
@@ -377,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         "--margin", type=float, default=0.0, help="the guide keeps out of radius + margin"
     )
     parser.add_argument("--guide-steps", type=int, default=1)
+    parser.add_argument(
+        "--segments",
+        action="store_true",
+        help="segment-aware cost (the path between planned states counts); README's table was "
+        "measured without it (states only)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="planner sampling seed")
     parser.add_argument("--json", type=Path, help="write results here (e.g. runs/b3/medium.json)")
     parser.add_argument("--paths", type=Path, help="npz of executed paths (default: next to json)")

@@ -5,7 +5,8 @@ written in env units. While sampling it moves x_t down the gradient of the cost 
 model's denoised estimate of the plan (through the denoiser, so the plan changes as a whole);
 it scores finished plans by -penalty * cost (feasibility first) and reports each plan's cost
 as a diagnostic. The ready-made costs return the violation: how far inside the forbidden set
-the plan goes, summed over planned steps (0 when the plan respects the constraint).
+the plan goes, summed over planned steps and, for the keep-out sets, over the straight
+segments between them (0 when the plan and the path between its states respect it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from diffplan.guidance import Guide, GuideContext
+from diffplan.guidance import Guide, GuideContext, objective_gradient
 
 CostFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,42 +42,95 @@ class Cost:
         raise NotImplementedError
 
 
+def _segment_closest(points: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """(..., H, d) planned points -> (..., H-1, d): the point of each straight segment between
+    consecutive planned points that lies closest to `center`."""
+    a, b = points[..., :-1, :], points[..., 1:, :]
+    d = b - a
+    t = ((center - a) * d).sum(-1, keepdim=True) / (d.pow(2).sum(-1, keepdim=True) + 1e-12)
+    return a + t.clamp(0.0, 1.0) * d
+
+
+def _segment_samples(points: torch.Tensor, n: int) -> torch.Tensor:
+    """(..., H, d) -> (..., (H-1) * (n-1), d): n-1 evenly spaced interior points per segment."""
+    a, b = points[..., :-1, None, :], points[..., 1:, None, :]
+    frac = torch.arange(1, n, dtype=points.dtype, device=points.device)[:, None] / n
+    inner = a + frac * (b - a)  # (..., H-1, n-1, d)
+    return inner.flatten(-3, -2)
+
+
 class KeepOutDisk(Cost):
-    """Stay out of a disk (a ball in len(dims) dims): violation = sum_k max(0, r - |p_k - c|)."""
+    """Stay out of a disk (a ball in len(dims) dims).
+
+    violation = sum_k max(0, r - |p_k - c|) over the planned states, plus (``segments=True``)
+    the same depth for the straight segment between consecutive states (its point closest to
+    the centre): a plan that steps over the disk between two strided states is a violation.
+    """
 
     name = "keep_out_disk"
 
-    def __init__(self, center: Sequence[float], radius: float, dims: Sequence[int] = (0, 1)):
+    def __init__(
+        self,
+        center: Sequence[float],
+        radius: float,
+        dims: Sequence[int] = (0, 1),
+        segments: bool = True,
+    ):
         self.dims = list(dims)
         self.center = _vector(center, len(self.dims), "KeepOutDisk center")
         if radius <= 0:
             raise ValueError(f"KeepOutDisk radius must be > 0, got {radius}")
         self.radius = float(radius)
+        self.segments = segments
+
+    def _depth(self, points: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+        distance = ((points - center).pow(2).sum(-1) + 1e-12).sqrt()  # eps: finite gradient
+        return (self.radius - distance).clamp(min=0).sum(-1)
 
     def __call__(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        offset = observations[..., self.dims] - self.center.to(observations)
-        distance = (offset.pow(2).sum(-1) + 1e-12).sqrt()  # eps: finite gradient at the centre
-        return (self.radius - distance).clamp(min=0).sum(-1)
+        points = observations[..., self.dims]
+        center = self.center.to(points)
+        out = self._depth(points, center)
+        if self.segments and points.shape[-2] > 1:
+            out = out + self._depth(_segment_closest(points, center), center)
+        return out
 
 
 class KeepOutBox(Cost):
     """Stay out of an axis-aligned box: violation = sum_k depth of p_k inside the box
-    (distance to its nearest face, 0 outside)."""
+    (distance to its nearest face, 0 outside), plus (``segments=True``) the depth of
+    `samples` - 1 evenly spaced points on each segment between consecutive planned states."""
 
     name = "keep_out_box"
 
-    def __init__(self, low: Sequence[float], high: Sequence[float], dims: Sequence[int] = (0, 1)):
+    def __init__(
+        self,
+        low: Sequence[float],
+        high: Sequence[float],
+        dims: Sequence[int] = (0, 1),
+        segments: bool = True,
+        samples: int = 8,
+    ):
         self.dims = list(dims)
         self.low = _vector(low, len(self.dims), "KeepOutBox low")
         self.high = _vector(high, len(self.dims), "KeepOutBox high")
         if (self.low >= self.high).any():
             raise ValueError("KeepOutBox needs low < high in every dim")
+        if samples < 2:
+            raise ValueError(f"KeepOutBox samples must be >= 2, got {samples}")
+        self.segments, self.samples = segments, samples
 
-    def __call__(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        p = observations[..., self.dims]
+    def _depth(self, p: torch.Tensor) -> torch.Tensor:
         low, high = self.low.to(p), self.high.to(p)
         depth = torch.minimum(p - low, high - p).amin(-1)  # > 0 only inside
         return depth.clamp(min=0).sum(-1)
+
+    def __call__(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        p = observations[..., self.dims]
+        out = self._depth(p)
+        if self.segments and p.shape[-2] > 1:
+            out = out + self._depth(_segment_samples(p, self.samples))
+        return out
 
 
 class _Bounds(Cost):
@@ -223,20 +277,26 @@ class Constraint(Guide):
         n_active = max(1, round(self.active_fraction * ctx.n_steps))
         return ctx.step >= ctx.n_steps - n_active
 
-    def gradient(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
+    def objective(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
+        """-weight * cost of the denoised estimate (or of x_t itself), per plan."""
         if not self._active(ctx):
             return None
-        x = x.detach().requires_grad_(True)
         denoise = getattr(ctx, "denoise", None)
         estimate = denoise(x) if self.on == "denoised" and denoise is not None else x
         cost = self.evaluate(ctx.unnormalize(estimate), ctx)
         if not cost.requires_grad:
             return None  # a cost without a gradient only ranks
-        (grad,) = torch.autograd.grad(cost.sum(), x, allow_unused=True)
-        if grad is None:
-            return None
-        step = -self.weight * grad
-        return step if self.grad_clip is None else step.clamp(-self.grad_clip, self.grad_clip)
+        return -self.weight * cost
+
+    @property
+    def step_is_objective_gradient(self) -> bool:
+        return self.grad_clip is None  # a clipped step needs its own backward pass
+
+    def gradient(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
+        step = objective_gradient([self], x, ctx)
+        if step is None or self.grad_clip is None:
+            return step
+        return step.clamp(-self.grad_clip, self.grad_clip)
 
     def score(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
         with torch.no_grad():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffplan.guidance import Guide, GuideContext
+from diffplan.guidance import Guide, GuideContext, objective_gradient
 
 
 class ValueGuide(Guide):
@@ -48,16 +48,26 @@ class ValueGuide(Guide):
     def uses_gradient(self) -> bool:
         return self.scale != 0.0
 
-    def gradient(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
+    @property
+    def step_is_objective_gradient(self) -> bool:
+        return self.grad_clip is None  # a clipped step needs its own backward pass
+
+    def objective(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
+        """scale * V(x_t, t), times the posterior variance if `scale_grad_by_std`, and 0 for
+        t < t_stopgrad: per plan, so its gradient is exactly Diffuser's step."""
         active = ctx.t >= self.t_stopgrad  # (B,)
         if self.scale == 0.0 or not active.any():
             return None
-        x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self._value(x, ctx.t).sum(), x)
+        weight = self.scale * active.to(x.dtype)
         if self.scale_grad_by_std:
-            grad = grad * ctx.posterior_variance
-        step = self.scale * torch.where(active[:, None, None], grad, 0.0)
-        return step if self.grad_clip is None else step.clamp(-self.grad_clip, self.grad_clip)
+            weight = weight * ctx.posterior_variance.reshape(-1)
+        return weight * self._value(x, ctx.t)
+
+    def gradient(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
+        step = objective_gradient([self], x, ctx)
+        if step is None or self.grad_clip is None:
+            return step
+        return step.clamp(-self.grad_clip, self.grad_clip)
 
     def values(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
         """(B, H, D) env-unit plans -> (B,) predicted return (return units when known)."""

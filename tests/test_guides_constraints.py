@@ -107,10 +107,12 @@ def test_action_bounds_respected_by_the_planner(model):
 def test_ready_made_costs_measure_depth_inside():
     obs = torch.tensor([[[0.0, 0.0], [0.2, 0.0], [1.0, 1.0]]])  # (1, 3, 2): three points
     act = torch.tensor([[[0.5, -2.0], [0.0, 0.0], [3.0, 0.0]]])
-    disk = KeepOutDisk(center=(0.0, 0.0), radius=0.5)
+    disk = KeepOutDisk(center=(0.0, 0.0), radius=0.5, segments=False)
     assert torch.allclose(disk(obs, act), torch.tensor([0.5 + 0.3]))
-    box = KeepOutBox(low=(-0.5, -0.5), high=(0.5, 0.25))
+    box = KeepOutBox(low=(-0.5, -0.5), high=(0.5, 0.25), segments=False)
     assert torch.allclose(box(obs, act), torch.tensor([0.25 + 0.25]))  # nearest faces
+    # Segments too: (0,0)-(0.2,0) passes the centre (0.5); (0.2,0)-(1,1) is closest at (0.2,0).
+    assert torch.allclose(KeepOutDisk((0.0, 0.0), 0.5)(obs, act), torch.tensor([0.8 + 0.8]))
     assert torch.allclose(StateBounds(low=-0.1, high=0.5)(obs, act), torch.tensor([1.0]))
     assert torch.allclose(ActionBounds(low=-1.0, high=1.0)(obs, act), torch.tensor([1.0 + 2.0]))
     assert torch.allclose(ActionBounds(high=1.0, dims=[1])(obs, act), torch.tensor([0.0]))
@@ -119,11 +121,29 @@ def test_ready_made_costs_measure_depth_inside():
     assert not Smoothness().hard and Constraint(Smoothness()).penalty == 1.0
 
 
+def test_a_plan_stepping_over_a_disk_between_states_is_a_violation():
+    """Strided states on both sides of a disk, none inside: the straight path between them
+    crosses it. The segment-aware costs see it (and push the segment out); the state-only
+    ones do not."""
+    obs = torch.tensor([[[-1.0, 0.1], [1.0, 0.1], [1.0, 1.0]]], requires_grad=True)
+    act = torch.zeros(1, 3, 2)
+    disk = KeepOutDisk(center=(0.0, 0.0), radius=0.5)
+    assert KeepOutDisk((0.0, 0.0), 0.5, segments=False)(obs, act).item() == 0.0
+    assert disk(obs, act).item() == pytest.approx(0.4)  # the segment passes 0.1 from the centre
+    (grad,) = torch.autograd.grad(disk(obs, act).sum(), obs)
+    assert grad[0, 0, 1] < 0 and grad[0, 1, 1] < 0  # descending moves both ends up, away
+    box = KeepOutBox(low=(-0.2, -0.2), high=(0.2, 0.2))
+    assert KeepOutBox((-0.2, -0.2), (0.2, 0.2), segments=False)(obs, act).item() == 0.0
+    assert box(obs, act).item() > 0.0
+    wide = torch.tensor([[[-1.0, 0.6], [1.0, 0.6]]])
+    assert disk(wide, torch.zeros(1, 2, 2)).item() == 0.0  # passes outside: no violation
+
+
 def test_gradient_points_out_and_follows_the_schedule():
     ctx = context(n=1, step=9, n_steps=10)
     x = torch.zeros(1, SPEC.horizon, SPEC.transition_dim)
     x[:, :, 2] = 0.1  # every point just right of the disk's centre
-    guide = Constraint(KeepOutDisk(center=(0.0, 0.0), radius=0.5), weight=0.5)
+    guide = Constraint(KeepOutDisk(center=(0.0, 0.0), radius=0.5, segments=False), weight=0.5)
     step = guide.gradient(x, ctx)
     assert torch.allclose(step[..., 2], torch.full((1, SPEC.horizon), 0.5))  # outwards in +x
     assert torch.all(step[..., [0, 1, 3]] == 0)
@@ -154,3 +174,37 @@ def test_user_costs_are_validated():
         Constraint.from_callable(lambda obs, act: [0.0] * 4).score(plans, ctx)
     with pytest.raises(TypeError, match="callable"):
         Constraint(3.0)
+
+
+def test_step_limit_measures_jumps_and_ranks_plausible_plans_first():
+    from guides import StepLimit
+
+    ctx = context(n=2)
+    smooth = torch.zeros(1, 4, 4)
+    smooth[0, :, 2] = torch.tensor([0.0, 0.1, 0.2, 0.3])  # x moves 0.1 per planned step
+    jumpy = smooth.clone()
+    jumpy[0, 2:, 2] += 0.5  # one jump of 0.6: 6x the data's step
+    plans = torch.cat([jumpy, smooth])
+    guide = StepLimit(limit=[0.1, 0.1], tolerance=1.5)
+    ratio = guide.diagnostics(plans, ctx)["jump_ratio"]
+    assert torch.allclose(ratio, torch.tensor([6.0, 1.0]))
+    score = guide.score(plans, ctx)
+    assert score[1] == 0.0 and score[0] == pytest.approx(-1000.0 * 4.5)
+    with pytest.raises(ValueError, match="3 limits for 2 checked dims"):
+        StepLimit(limit=[0.1, 0.1, 0.1]).score(plans, ctx)
+
+
+def test_step_limit_flags_plans_a_strong_noisy_gradient_broke(model):
+    """On the toy data: plans pushed hard by a gradient on the noisy plan jump much further
+    between planned steps than unguided ones do (the measure sees broken dynamics)."""
+    from guides import StepLimit
+
+    diffusion, normalizer = model
+    episodes = make_synthetic("two_mode", n_episodes=128, length=32, seed=0)
+    limit = torch.tensor(np.quantile(episodes.state_jumps(1), 0.999, axis=0), dtype=torch.float32)
+    guide = StepLimit(limit)
+    ctx = context(normalizer, 64)
+    unguided = guide.diagnostics(sample_plans(model, None), ctx)["jump_ratio"]
+    pushed = Constraint(DISK, weight=50.0, on="noisy")
+    broken = guide.diagnostics(sample_plans(model, pushed), ctx)["jump_ratio"]
+    assert broken.median() > 2 * unguided.median(), (broken.median(), unguided.median())

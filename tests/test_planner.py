@@ -1,6 +1,8 @@
 """MPC planner and inpainting guides on a small (untrained) model: shapes, exact
 conditioning, errors, the replanning schedule, warm starts and the PD tracker."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -144,6 +146,30 @@ def test_pd_tracker_interpolates_and_holds():
     # Past the end: hold the last position, at rest.
     action = tracker(plan, obs, torch.tensor([10]), stride=2)
     assert torch.allclose(action, torch.tensor([[2.0 * 3.0, 0.0]]))
+
+
+def test_tracked_path_around_a_disk_stays_out():
+    """A strided plan that goes around a keep-out disk (its states and the segments between
+    them outside, as the segment-aware cost asks) is followed by the PD tracker (default
+    gains) on a point mass without entering the disk."""
+    from guides import KeepOutDisk
+
+    stride, horizon, dt, radius = 4, 12, 0.1, 0.5
+    angles = torch.linspace(math.pi, 0.0, horizon)
+    pos = 0.65 * torch.stack([angles.cos(), angles.sin()], -1)  # an arc just outside the disk
+    vel = torch.zeros_like(pos)
+    vel[:-1] = (pos[1:] - pos[:-1]) / (stride * dt)
+    plan = torch.cat([pos, vel], -1)[None]
+    assert KeepOutDisk((0.0, 0.0), radius)(plan, plan).item() == 0.0
+    tracker = PDTracker([0, 1], [2, 3], action_low=None, action_high=None)
+    p, v, closest = pos[0].clone(), vel[0].clone(), math.inf
+    for k in range((horizon - 1) * stride + 10):
+        a = tracker(plan, torch.cat([p, v])[None], torch.tensor([k]), stride)[0]
+        v = v + dt * a  # semi-implicit Euler point mass
+        p = p + dt * v
+        closest = min(closest, p.norm().item())
+    assert closest > radius, f"the tracked path came {closest:.3f} from the centre (r {radius})"
+    assert (p - pos[-1]).norm() < 0.1  # and it arrived
 
 
 def test_strided_plans_need_tracking_for_open_loop(model):
