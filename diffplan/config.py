@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from diffplan.backbones import BACKBONES
 from diffplan.errors import ConfigError
 
 
@@ -48,11 +49,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    type: str = "unet"  # the denoising network: a name in diffplan.backbones.BACKBONES
     horizon: int = 32
     stride: int = 1
-    dim: int = 32
-    dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    kernel_size: int = 5
+    dim: int = 32  # U-Net base channels; the transformer's width
+    dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # U-Net only
+    kernel_size: int = 5  # U-Net only
+    depth: int = 4  # transformer only: blocks
+    heads: int = 4  # transformer only: attention heads (dim must be divisible by it)
     return_conditioning: bool = False  # condition the denoiser on the normalized return
     # Diffuse observations only (Decision Diffuser); actions then come from an inverse-dynamics
     # model a_t = f(s_t, s_t+stride) (`diffplan train-inverse`, plan.action_mode).
@@ -361,9 +365,13 @@ def validate_config(config: Config, source: str | _Sources = "the config") -> No
          "a non-empty list of integers >= 1"),
         ("model.kernel_size", m.kernel_size >= 1 and m.kernel_size % 2 == 1,
          "an odd integer >= 1 (the convolutions keep the horizon's length)"),
-        ("model.horizon", m.horizon % 2 ** (levels - 1) == 0,
+        ("model.type", m.type in BACKBONES, choice(tuple(BACKBONES))),
+        ("model.horizon", m.type != "unet" or m.horizon % 2 ** (levels - 1) == 0,
          f"divisible by {2 ** (levels - 1)}: the U-Net of model.dim_mults {m.dim_mults} "
          f"halves it {levels - 1} times"),
+        ("model.depth", m.depth >= 1, ">= 1"),
+        ("model.heads", m.type != "transformer" or (m.heads >= 1 and m.dim % m.heads == 0),
+         f">= 1 and a divisor of model.dim ({m.dim}) for the transformer"),
         ("diffusion.n_timesteps", f.n_timesteps >= 1, ">= 1"),
         ("diffusion.schedule", f.schedule in SCHEDULES, choice(SCHEDULES)),
         ("diffusion.prediction", f.prediction in PREDICTIONS, choice(PREDICTIONS)),

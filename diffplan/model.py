@@ -1,10 +1,11 @@
-"""Build the trajectory diffusion model (a `TemporalUnet` inside a `Diffusion`) from a `Config`."""
+"""Build the trajectory diffusion model (the `model.type` backbone inside a `Diffusion`) from a
+`Config`."""
 
 from __future__ import annotations
 
+from diffplan.backbones import backbone_class
 from diffplan.config import Config
 from diffplan.diffusion import Diffusion
-from diffplan.networks import TemporalUnet
 from diffplan.spec import TrajectorySpec
 
 
@@ -17,13 +18,7 @@ def build_spec(config: Config, obs_dim: int, act_dim: int) -> TrajectorySpec:
 
 def build_diffusion(config: Config, spec: TrajectorySpec, cond_dim: int = 0) -> Diffusion:
     """A fresh (randomly initialised) model; `cond_dim` > 0 adds a conditioning input (returns)."""
-    net = TemporalUnet(
-        spec.transition_dim,
-        dim=config.model.dim,
-        dim_mults=tuple(config.model.dim_mults),
-        kernel_size=config.model.kernel_size,
-        cond_dim=cond_dim,
-    )
+    net = backbone_class(config.model.type).from_config(config.model, spec.transition_dim, cond_dim)
     d = config.diffusion
     return Diffusion(
         net,

@@ -155,6 +155,10 @@ class TemporalUnet(nn.Module):
             Conv1dBlock(dim, dim, kernel_size), nn.Conv1d(dim, transition_dim, 1)
         )
 
+    @classmethod
+    def from_config(cls, model, transition_dim: int, cond_dim: int = 0) -> TemporalUnet:
+        return cls(transition_dim, model.dim, tuple(model.dim_mults), model.kernel_size, cond_dim)
+
     def forward(
         self,
         x: torch.Tensor,

@@ -147,3 +147,55 @@ def test_every_prediction_type_trains_without_nan(setup, prediction):
 def test_more_sampling_steps_than_training_steps_is_a_clear_error(setup):
     with pytest.raises(ValueError, match=r"sampling steps must be in 1\.\.20"):
         setup["model"].sample(2, sampler="ddim", steps=21)
+
+
+# ----------------------------------------------------------------------------- transformer
+
+
+def _transformer_config() -> Config:
+    config = _config()
+    config.model.type, config.model.dim, config.model.depth, config.model.heads = (
+        "transformer",
+        32,
+        2,
+        4,
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def transformer(setup):
+    """The same data and training budget as the U-Net of `setup`, with the transformer."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    diffusion, losses = _train(_transformer_config(), setup["data"], setup["spec"], steps=400)
+    yield {**setup, "model": diffusion, "losses": losses}
+    torch.set_num_threads(threads)
+
+
+def test_transformer_shapes_and_identity_start():
+    from diffplan.transformer import TrajectoryTransformer
+
+    net = TrajectoryTransformer(transition_dim=5, horizon=12, dim=16, depth=2, heads=4, cond_dim=1)
+    x, t = torch.randn(3, 12, 5), torch.tensor([0, 5, 19])
+    out = net(x, t, cond=torch.randn(3, 1), cond_mask=torch.tensor([True, False, True]))
+    assert out.shape == (3, 12, 5)
+    assert torch.equal(out, torch.zeros_like(out))  # adaLN-Zero: the output layer starts at 0
+    with pytest.raises(ValueError, match="built for plans of 12 steps, got 8"):
+        net(torch.randn(3, 8, 5), t)
+    with pytest.raises(ValueError, match="divisible by heads"):
+        TrajectoryTransformer(transition_dim=5, horizon=12, dim=18, heads=4)
+
+
+def test_transformer_learns_the_two_modes_to_the_unets_bar(transformer):
+    """The U-Net tests' bars, on the same data, steps and samples."""
+    spec, norm = transformer["spec"], transformer["norm"]
+    samples = _sample(transformer, sampler="ddpm")
+    r_samples = dynamics_residual(samples, spec, norm)
+    r_noise = dynamics_residual(torch.randn_like(samples), spec, norm)
+    assert r_samples < 0.1 * r_noise, (r_samples, r_noise)
+    up, down, mid = mode_fractions(samples, spec, norm)
+    assert up >= 0.2 and down >= 0.2 and mid <= 0.1, (up, down, mid)
+    x = _sample(transformer, sampler="ddim", steps=5)
+    mask = transformer["inpaint"].mask.expand_as(x)
+    assert torch.equal(x[mask], transformer["inpaint"].values.expand_as(x)[mask])
