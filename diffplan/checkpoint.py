@@ -172,6 +172,19 @@ class LoadedModel:
         value = torch.as_tensor(value, dtype=torch.float32, device=self.device).reshape(-1, 1)
         return (value - lo) / max(hi - lo, 1e-8)
 
+    def state_jump_limit(self) -> torch.Tensor | None:
+        """(obs_dim,) env units: how far the training data moves between two consecutive
+        planned states (its 99.9 % quantile, stored at training time; for older checkpoints
+        the largest jump in the stored example windows). None if neither is there."""
+        stats = self.raw.get("meta", {}).get("state_jumps") or {}
+        if stats.get("limit") is not None:
+            return torch.tensor(stats["limit"], dtype=torch.float32)
+        examples = self.raw.get("examples")
+        if not examples or examples["x"].shape[1] < 2:
+            return None
+        obs = self.spec.observations(self.normalizer.unnormalize(examples["x"].float()))
+        return (obs[:, 1:] - obs[:, :-1]).abs().flatten(0, 1).amax(0)
+
     def example_conditions(
         self, n: int, generator: torch.Generator | None = None
     ) -> tuple[Inpainting | None, torch.Tensor | None]:

@@ -23,6 +23,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,6 +48,7 @@ from diffplan.normalizer import Normalizer
 from diffplan.preflight import check_run_dir, default_run_dir, prepare_run_dir
 
 N_EXAMPLES = 64  # training windows stored in the checkpoint (conditions for `diffplan sample`)
+STATE_JUMP_QUANTILE = 0.999  # the data's "largest" step between planned states, robust to outliers
 CSV_FIELDS = ("step", "loss", "lr", "grad_norm")
 
 
@@ -118,6 +120,20 @@ def _examples(windows: TrajectoryWindows, seed: int) -> dict[str, torch.Tensor]:
     idx = torch.randint(len(windows), (min(N_EXAMPLES, len(windows)),), generator=gen)
     batch = windows.batch(idx)
     return {"x": batch["x"].clone(), "returns": batch["returns"].clone()}
+
+
+def _state_jump_stats(episodes, stride: int) -> dict:
+    """Per observation dim, how far the data moves between consecutive planned states (env
+    units): what a plausible plan may do (`guides.StepLimit`)."""
+    jumps = episodes.state_jumps(stride)
+    if len(jumps) == 0:
+        return {}
+    return {
+        "stride": stride,
+        "quantile": STATE_JUMP_QUANTILE,
+        "limit": np.quantile(jumps, STATE_JUMP_QUANTILE, axis=0).astype(float).tolist(),
+        "max": jumps.max(axis=0).astype(float).tolist(),
+    }
 
 
 def _rewrite_csv(path: Path, upto_step: int) -> None:
@@ -251,6 +267,7 @@ def _train(
     if examples is None:
         examples = _examples(windows, tc.seed)
     saved = (ckpt_path, step) if raw is not None else None  # the last checkpoint on disk
+    state_jumps = _state_jump_stats(episodes, spec.stride)
 
     # ----- every input checked out: only now touch the run folder --------------------------
     if info.is_main:
@@ -288,6 +305,7 @@ def _train(
                 "device": str(dev),
                 "world_size": info.world_size,
                 "dataset": {k: float(v) for k, v in episodes.summary().items()},
+                "state_jumps": state_jumps,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
         }

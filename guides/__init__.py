@@ -1,6 +1,6 @@
 """Plug-in guidance modules for diffplan's sampler, all on one protocol (`Guide`).
 
-A guide implements any of `inpaint`, `gradient`, `model_inputs`, `score` (see
+A guide implements any of `inpaint`, `objective`, `gradient`, `model_inputs`, `score` (see
 `diffplan.guidance`); a list of guides composes with `Compose([...])` or `a + b`.
 """
 
@@ -14,6 +14,7 @@ from guides.constraints import (
     Smoothness,
     StateBounds,
 )
+from guides.dynamics import StepLimit
 from guides.inpaint import Goal, StartState, Waypoints
 from guides.returns import ReturnConditioning, ReturnTargetWarning
 from guides.value import ValueGuide, ValueRanking
@@ -35,6 +36,7 @@ __all__ = [
     "Smoothness",
     "StartState",
     "StateBounds",
+    "StepLimit",
     "ValueGuide",
     "ValueRanking",
     "Waypoints",

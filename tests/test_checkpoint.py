@@ -46,6 +46,27 @@ def checkpoint(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def transformer_checkpoint(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("run-transformer")
+    overrides = ["train.steps=10", "model.return_conditioning=true", "model.type=transformer",
+                 "model.dim=16", "model.depth=2", "model.heads=2"]  # fmt: skip
+    path = train(load_config(ROOT / "configs" / "tiny.yaml", overrides), run, progress=False)
+    yield path
+    torch.set_num_threads(threads)
+
+
+def test_transformer_round_trip_in_a_fresh_process(transformer_checkpoint, tmp_path):
+    from diffplan.transformer import TrajectoryTransformer
+
+    model = load_checkpoint(transformer_checkpoint)
+    assert isinstance(model.diffusion.model, TrajectoryTransformer)
+    assert model.config.model.type == "transformer" and model.config.model.heads == 2
+    test_round_trip_in_a_fresh_process_gives_identical_samples(transformer_checkpoint, tmp_path)
+
+
 def test_round_trip_in_a_fresh_process_gives_identical_samples(checkpoint, tmp_path):
     raw = torch.load(checkpoint, map_location="cpu", weights_only=True)  # plain data only
     assert raw["format"] == "diffplan-checkpoint" and raw["version"] == 1
@@ -123,3 +144,18 @@ def test_newer_format_version_is_refused(checkpoint, tmp_path):
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="version 99.*upgrade diffplan"):
         load_checkpoint(path)
+
+
+def test_checkpoint_knows_how_far_its_data_moves_per_planned_step(checkpoint):
+    """The data's step statistics are stored at training time (StepLimit reads them); without
+    them the stored example windows give a limit."""
+    from guides import StepLimit
+
+    model = load_checkpoint(checkpoint)
+    stats = model.raw["meta"]["state_jumps"]
+    assert stats["stride"] == 1 and len(stats["limit"]) == model.spec.obs_dim
+    assert all(0 < lo <= hi for lo, hi in zip(stats["limit"], stats["max"], strict=True))
+    assert torch.equal(StepLimit.from_checkpoint(model).limit, torch.tensor(stats["limit"]))
+    del model.raw["meta"]["state_jumps"]  # an older checkpoint
+    fallback = model.state_jump_limit()
+    assert fallback.shape == (model.spec.obs_dim,) and (fallback > 0).all()

@@ -343,6 +343,16 @@ class Episodes:
         """Undiscounted return of every episode, (n_episodes,) float64."""
         return np.add.reduceat(self.rewards.astype(np.float64), self.episode_starts)
 
+    def state_jumps(self, stride: int = 1) -> np.ndarray:
+        """|o_{t+stride} - o_t| within episodes, (M, obs_dim): how far the data moves between
+        two consecutive planned states."""
+        n = self.n_steps
+        episode = np.repeat(np.arange(len(self.lengths)), self.lengths)
+        t = np.arange(max(n - stride, 0))
+        valid = episode[t] == episode[t + stride]
+        t = t[valid]
+        return np.abs(self.observations[t + stride] - self.observations[t])
+
     def summary(self) -> dict[str, float | int]:
         """Counts and basic statistics, e.g. for logging."""
         return {
