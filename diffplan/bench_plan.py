@@ -8,11 +8,13 @@ fewer candidates). Untrained weights: speed does not depend on them.
 
 from __future__ import annotations
 
+import json
 import platform
 import resource
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,13 +25,14 @@ from diffplan.files import write_json_atomic
 from diffplan.networks import TemporalUnet, ValueNet, count_parameters
 from diffplan.normalizer import Normalizer
 from diffplan.spec import TrajectorySpec
-from guides import Goal, ValueGuide, ValueRanking
+from guides import Constraint, Goal, KeepOutDisk, ValueGuide, ValueRanking
 from planners import MPCPlanner
 
 
 @dataclass(frozen=True)
 class Size:
     name: str
+    family: str  # the task family whose evaluate results give this size's scores
     spec: TrajectorySpec
     dim: int
     dim_mults: tuple[int, ...]
@@ -39,9 +42,10 @@ class Size:
 
 
 SIZES = [
-    Size("diffuser-locomotion", TrajectorySpec(17, 6, 32), 32, (1, 2, 4, 8), 20),
+    Size("diffuser-locomotion", "locomotion", TrajectorySpec(17, 6, 32), 32, (1, 2, 4, 8), 20),
     Size(
         "pointmaze (configs/pointmaze-umaze.yaml)",
+        "pointmaze",
         TrajectorySpec(4, 2, 32, 4),
         32,
         (1, 2, 4),
@@ -68,8 +72,14 @@ RECIPES = [
     Recipe("DDIM 5, value ranking, N=64", "ddim", 5, 64, "value-ranking"),
     Recipe("warm start at T/4, DDIM 3, ranking, N=64", "ddim", 3, 64, "value-ranking", 0.25),
     Recipe("warm start at T/4, DDIM 3, ranking, N=16", "ddim", 3, 16, "value-ranking", 0.25),
+    Recipe("warm start at T/4, DDIM 1, ranking, N=4", "ddim", 1, 4, "value-ranking", 0.25),
     Recipe("goal inpainting, DDIM 16, N=16", "ddim", 16, 16, "goal"),
     Recipe("goal inpainting, warm start T/4, DDIM 3, N=16", "ddim", 3, 16, "goal", 0.25),
+    Recipe("goal inpainting, warm start T/4, DDIM 2, N=1", "ddim", 2, 1, "goal", 0.25),
+    # B3's guide with three keep-out disks: their gradients share one backward pass through
+    # the denoiser; grad_clip makes each constraint take its own (the old way), for comparison.
+    Recipe("goal + 3 keep-out disks, DDIM 10, N=16", "ddim", 10, 16, "goal+3-disks"),
+    Recipe("  the same, one backward pass per disk", "ddim", 10, 16, "goal+3-disks-separate"),
 ]
 
 
@@ -87,11 +97,18 @@ def _planner(size: Size, recipe: Recipe, device: torch.device) -> MPCPlanner:
         guide = ValueRanking(value)
     else:
         guide = Goal([1.0, 1.0], dims=[0, 1])
+    guides = [guide]
+    if recipe.guide.startswith("goal+3-disks"):
+        clip = 1e9 if recipe.guide.endswith("separate") else None  # a clipped step: own pass
+        guides += [
+            Constraint(KeepOutDisk((0.5 * k, 0.0), 0.3), grad_clip=clip, name=f"disk{k}")
+            for k in range(3)
+        ]
     return MPCPlanner(
         diffusion,
         normalizer,
         spec,
-        guide=[guide],
+        guide=guides,
         n_candidates=recipe.n_candidates,
         sampler=recipe.sampler,
         sampling_steps=min(recipe.sampling_steps, size.n_timesteps),
@@ -109,16 +126,84 @@ def _planner(size: Size, recipe: Recipe, device: torch.device) -> MPCPlanner:
     )
 
 
+def _settings(size: Size, recipe: Recipe) -> dict:
+    """The `plan:` settings of `diffplan evaluate` that run this recipe."""
+    return {
+        "mode": "mpc",
+        "replan_every": 1,
+        "sampler": recipe.sampler,
+        "sampling_steps": min(recipe.sampling_steps, size.n_timesteps),
+        "n_candidates": recipe.n_candidates,
+        "warm_start": recipe.warm_start_level is not None,
+        "warm_start_t": (
+            None
+            if recipe.warm_start_level is None
+            else int(recipe.warm_start_level * size.n_timesteps)
+        ),
+    }
+
+
+def read_scores(results: str | Path | None) -> list[dict]:
+    """Every `diffplan evaluate --json` result under the folder `results` (recursively)."""
+    if results is None or not Path(results).is_dir():
+        return []
+    found = []
+    for path in sorted(Path(results).rglob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and "planner" in doc and doc.get("scores"):
+            found.append({**doc, "file": str(path)})
+    return found
+
+
+def _score_for(size: Size, recipe: Recipe, results: list[dict]) -> dict | None:
+    """The evaluate result whose planner ran exactly this recipe on this size's task family."""
+    want = _settings(size, recipe)
+    for doc in results:
+        planner, info = doc["planner"], doc.get("task_info") or {}
+        if info.get("family") != size.family:
+            continue
+        if any(planner.get(k) != v for k, v in want.items() if k != "warm_start_t") or (
+            want["warm_start"] and planner.get("warm_start_t") != want["warm_start_t"]
+        ):
+            continue
+        uses_value = doc.get("value") is not None
+        if uses_value != recipe.guide.startswith("value") or (
+            recipe.guide == "value-ranking" and planner.get("value_scale") != 0
+        ):
+            continue
+        score = doc["scores"][0]
+        return {
+            "label": score["label"],
+            "mean": score["mean"],
+            "se": score["se"],
+            "success_rate": doc.get("success_rate"),
+            "episodes": doc["episodes"],
+            "task": doc["task"],
+            "file": doc["file"],
+        }
+    return None
+
+
 def bench_plan(
-    json_path: str | None = None, device: str = "cpu", threads: int = 2, decisions: int = 8
+    json_path: str | None = None,
+    device: str = "cpu",
+    threads: int = 2,
+    decisions: int = 8,
+    scores: str | Path | None = "runs/b4",
 ) -> dict:
+    """Time every recipe at every size; attach the score that `diffplan evaluate --json` runs
+    with the same planner settings reached (their JSON files under `scores`)."""
+    results = read_scores(scores)
     torch.set_num_threads(threads)
     dev = resolve_device(device)
     rows = []
     for size in SIZES:
         baseline = None
         for recipe in RECIPES:
-            if recipe.guide == "goal" and size.spec.obs_dim != 4:
+            if recipe.guide.startswith("goal") and size.spec.obs_dim != 4:
                 continue  # goal inpainting is the PointMaze setting
             planner = _planner(size, recipe, dev)
             obs = np.zeros(size.spec.obs_dim, dtype=np.float32)
@@ -140,6 +225,8 @@ def bench_plan(
                     "ms_per_decision": 1e3 * seconds,
                     "decisions_per_s": 1 / seconds,
                     "speedup_vs_diffuser": baseline / seconds,
+                    "settings": _settings(size, recipe),
+                    "score": _score_for(size, recipe, results),
                 }
             )
     report = {
@@ -148,6 +235,7 @@ def bench_plan(
         "torch": str(torch.__version__),
         "machine": platform.machine(),
         "decisions_timed": decisions,
+        "scores_from": None if scores is None else str(scores),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rows": rows,
     }
@@ -160,11 +248,21 @@ def format_plan_table(report: dict) -> str:
     lines = [
         f"MPC decisions per second (replan every step, 1 env), {report['device']}, "
         f"{report['threads']} threads, median of {report['decisions_timed']} decisions",
-        f"{'size':42s} {'recipe':46s} {'ms/decision':>11s} {'dec/s':>7s} {'speed-up':>8s}",
+        f"{'size':42s} {'recipe':46s} {'ms/decision':>11s} {'dec/s':>7s} {'speed-up':>8s}"
+        f"  score (evaluate results in {report.get('scores_from')})",
     ]
     for row in report["rows"]:
+        score = row.get("score")
+        if score is None:
+            shown = "not evaluated"
+        else:
+            se = "n/a" if score["se"] is None else f"{score['se']:.1f}"  # one episode: no SE
+            shown = f"{score['mean']:.1f} ± {se} ({score['label']}, {score['task']}"
+            if score.get("success_rate") is not None:
+                shown += f", {100 * score['success_rate']:.0f} % success"
+            shown += f", {score['episodes']} episodes)"
         lines.append(
             f"{row['size']:42s} {row['recipe']:46s} {row['ms_per_decision']:11.1f} "
-            f"{row['decisions_per_s']:7.2f} {row['speedup_vs_diffuser']:7.1f}x"
+            f"{row['decisions_per_s']:7.2f} {row['speedup_vs_diffuser']:7.1f}x  {shown}"
         )
     return "\n".join(lines)

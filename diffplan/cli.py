@@ -701,6 +701,13 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--scores",
+        default="runs/b4",
+        metavar="DIR",
+        help="`bench plan`: folder of `diffplan evaluate --json` results; a row shows the score "
+        "of the result whose planner settings match it (else 'not evaluated')",
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -711,7 +718,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "plan":
         from diffplan.bench_plan import bench_plan, format_plan_table
 
-        report = bench_plan(json_path=args.json, device=args.device, threads=args.threads)
+        report = bench_plan(
+            json_path=args.json, device=args.device, threads=args.threads, scores=args.scores
+        )
         print(format_plan_table(report))
         return 0
     from diffplan.bench import bench_data, bench_train

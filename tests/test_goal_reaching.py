@@ -93,3 +93,33 @@ def test_evaluate_checkpoint_writes_documented_json_and_plot(checkpoint, tmp_pat
     assert data["scores"][0]["label"] == "ours"
     assert data["episodes"] == 2 and len(data["returns"]) == 2
     assert plot.stat().st_size > 10_000  # a real PNG with the maze, plans and paths
+
+
+def test_bench_plan_shows_the_score_evaluate_reached_with_the_same_settings(checkpoint, tmp_path):
+    """`diffplan evaluate --json` with a B4 recipe's settings -> `bench plan` finds that result
+    for exactly that recipe's row; other rows stay "not evaluated"."""
+    from diffplan.bench_plan import RECIPES, SIZES, _score_for, format_plan_table, read_scores
+    from diffplan.cli import main
+
+    out = tmp_path / "b4" / "umaze-n1.json"
+    code = main(["evaluate", "--checkpoint", str(checkpoint), "--episodes", "1", "--n-envs", "1",
+                 "--json", str(out), "--no-progress", "plan.mode=mpc", "plan.replan_every=1",
+                 "plan.warm_start=true", "plan.warm_start_t=16", "plan.sampler=ddim",
+                 "plan.sampling_steps=2", "plan.n_candidates=1", "plan.action_mode=track",
+                 "task.max_episode_steps=10"])  # fmt: skip
+    assert code == 0
+    results = read_scores(tmp_path / "b4")
+    pointmaze = next(s for s in SIZES if s.family == "pointmaze")
+    fast = next(r for r in RECIPES if r.name == "goal inpainting, warm start T/4, DDIM 2, N=1")
+    other = next(r for r in RECIPES if r.name == "goal inpainting, DDIM 16, N=16")
+    found = _score_for(pointmaze, fast, results)
+    evaluated = json.loads(out.read_text())
+    assert found is not None and found["mean"] == evaluated["scores"][0]["mean"]
+    assert found["file"] == str(out) and found["episodes"] == 1
+    assert _score_for(pointmaze, other, results) is None
+    row = {"size": pointmaze.name, "recipe": fast.name, "ms_per_decision": 10.0,
+           "decisions_per_s": 100.0, "speedup_vs_diffuser": 100.0}  # fmt: skip
+    table = format_plan_table({"device": "cpu", "threads": 1, "decisions_timed": 1,
+                               "scores_from": "x", "rows": [{**row, "score": found},
+                                                           {**row, "score": None}]})  # fmt: skip
+    assert "(ours, pointmaze-umaze" in table and "not evaluated" in table

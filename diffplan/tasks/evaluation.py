@@ -20,7 +20,6 @@ reports ``success``, ms per decision; ``task_info`` holds the task's own setting
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -152,8 +151,9 @@ class EvalResult:
         return jsonable(asdict(self))
 
     def to_json(self, path: str | Path) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        from diffplan.files import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
 
     def format_table(self) -> str:
         rows = [
