@@ -72,7 +72,9 @@ def bench_model(
         "horizon": spec.horizon,
         "transition_dim": spec.transition_dim,
         "dim": config.model.dim,
-        "dim_mults": list(config.model.dim_mults),
+        "backbone": config.model.type,
+        "dim_mults": list(config.model.dim_mults) if config.model.type == "unet" else None,
+        "depth": config.model.depth if config.model.type == "transformer" else None,
         "n_timesteps": config.diffusion.n_timesteps,
         "params": count_parameters(diffusion.model),
     }
@@ -141,9 +143,12 @@ def bench_train(
     ]
     if POINTMAZE_CONFIG.is_file():  # the network the PointMaze results use (act 2 + obs 4)
         maze = load_config(POINTMAZE_CONFIG)
-        models.append(
-            ("pointmaze", maze, TrajectorySpec(4, 2, maze.model.horizon, maze.model.stride))
-        )
+        spec = TrajectorySpec(4, 2, maze.model.horizon, maze.model.stride)
+        models.append(("pointmaze", maze, spec))
+        # The same plans through the transformer backbone, at a similar parameter count.
+        dit = copy.deepcopy(maze)
+        dit.model.type, dit.model.dim, dit.model.depth, dit.model.heads = "transformer", 128, 4, 4
+        models.append(("pointmaze-transformer", dit, spec))
     wall = time.perf_counter()
     rows = [bench_model(name, cfg, spec, dev, budget_s) for name, cfg, spec in models]
     if dev.type == "cuda":
@@ -169,13 +174,13 @@ def bench_train(
 
 def format_table(report: dict) -> str:
     head = (
-        f"{'model':<14}{'H':>4}{'D':>4}{'params':>11}{'steps/s b32':>13}{'steps/s b256':>14}"
+        f"{'model':<22}{'H':>4}{'D':>4}{'params':>11}{'steps/s b32':>13}{'steps/s b256':>14}"
         f"{'fwd x64 ms':>12}{'ddpm x64 ms':>13}"
     )
     lines = [head, "-" * len(head)]
     for r in report["models"]:
         lines.append(
-            f"{r['name']:<14}{r['horizon']:>4}{r['transition_dim']:>4}{r['params']:>11,}"
+            f"{r['name']:<22}{r['horizon']:>4}{r['transition_dim']:>4}{r['params']:>11,}"
             f"{r['train_steps_per_s_b32']:>13.1f}{r['train_steps_per_s_b256']:>14.2f}"
             f"{r['forward_64_ms']:>12.1f}{r['ddpm_sample_64_ms']:>13.0f}"
         )

@@ -32,7 +32,9 @@ from planners import MPCPlanner
 @dataclass(frozen=True)
 class Size:
     name: str
-    family: str  # the task family whose evaluate results give this size's scores
+    # The task (family, env) whose `diffplan evaluate` results give this size's scores; None:
+    # no model of this size was evaluated.
+    task: tuple[str, str] | None
     spec: TrajectorySpec
     dim: int
     dim_mults: tuple[int, ...]
@@ -42,10 +44,18 @@ class Size:
 
 
 SIZES = [
-    Size("diffuser-locomotion", "locomotion", TrajectorySpec(17, 6, 32), 32, (1, 2, 4, 8), 20),
+    Size("diffuser-locomotion", None, TrajectorySpec(17, 6, 32), 32, (1, 2, 4, 8), 20),
+    Size(
+        "hopper (configs/b6-hopper-medium.yaml)",
+        ("locomotion", "hopper"),
+        TrajectorySpec(11, 3, 32),
+        32,
+        (1, 2, 4),
+        20,
+    ),
     Size(
         "pointmaze (configs/pointmaze-umaze.yaml)",
-        "pointmaze",
+        ("pointmaze", "umaze"),
         TrajectorySpec(4, 2, 32, 4),
         32,
         (1, 2, 4),
@@ -163,7 +173,7 @@ def _score_for(size: Size, recipe: Recipe, results: list[dict]) -> dict | None:
     want = _settings(size, recipe)
     for doc in results:
         planner, info = doc["planner"], doc.get("task_info") or {}
-        if info.get("family") != size.family:
+        if size.task is None or (info.get("family"), info.get("env")) != size.task:
             continue
         if any(planner.get(k) != v for k, v in want.items() if k != "warm_start_t") or (
             want["warm_start"] and planner.get("warm_start_t") != want["warm_start_t"]
@@ -187,6 +197,29 @@ def _score_for(size: Size, recipe: Recipe, results: list[dict]) -> dict | None:
     return None
 
 
+# Batched throughput (E envs planned in one call, every env replanning every step), for the
+# recipes cheap enough to run at E = 64 within the benchmark's minutes.
+BATCHED_ENVS = (10, 64)
+BATCHED_MAX_CANDIDATES = 16
+
+
+def _median_act_seconds(
+    planner: MPCPlanner, size: Size, n_envs: int | None, dev: torch.device, repeats: int
+) -> float:
+    """Median seconds of one `act` for one env (n_envs None) or a batch of n_envs."""
+    shape = (size.spec.obs_dim,) if n_envs is None else (n_envs, size.spec.obs_dim)
+    obs = np.zeros(shape, dtype=np.float32)
+    planner.act(obs)  # warm-up; also the plan that the first warm start continues
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        planner.act(obs)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def bench_plan(
     json_path: str | None = None,
     device: str = "cpu",
@@ -206,17 +239,14 @@ def bench_plan(
             if recipe.guide.startswith("goal") and size.spec.obs_dim != 4:
                 continue  # goal inpainting is the PointMaze setting
             planner = _planner(size, recipe, dev)
-            obs = np.zeros(size.spec.obs_dim, dtype=np.float32)
-            planner.act(obs)  # warm-up; also the plan that the first warm start continues
-            times = []
-            for _ in range(decisions):
-                t0 = time.perf_counter()
-                planner.act(obs)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                times.append(time.perf_counter() - t0)
-            seconds = statistics.median(times)
+            seconds = _median_act_seconds(planner, size, None, dev, decisions)
             baseline = baseline or seconds
+            batched = {}
+            if recipe.n_candidates <= BATCHED_MAX_CANDIDATES and "disks" not in recipe.guide:
+                for n_envs in BATCHED_ENVS:
+                    batched[str(n_envs)] = n_envs / _median_act_seconds(
+                        _planner(size, recipe, dev), size, n_envs, dev, repeats=3
+                    )
             rows.append(
                 {
                     "size": size.name,
@@ -226,6 +256,7 @@ def bench_plan(
                     "decisions_per_s": 1 / seconds,
                     "speedup_vs_diffuser": baseline / seconds,
                     "settings": _settings(size, recipe),
+                    "env_decisions_per_s_batched": batched,
                     "score": _score_for(size, recipe, results),
                 }
             )
@@ -265,4 +296,19 @@ def format_plan_table(report: dict) -> str:
             f"{row['size']:42s} {row['recipe']:46s} {row['ms_per_decision']:11.1f} "
             f"{row['decisions_per_s']:7.2f} {row['speedup_vs_diffuser']:7.1f}x  {shown}"
         )
+    batched = [row for row in report["rows"] if row.get("env_decisions_per_s_batched")]
+    if batched:
+        envs = list(batched[0]["env_decisions_per_s_batched"])
+        lines.append("")
+        lines.append(
+            "Batched: env decisions per second with E envs planned in one call (every env "
+            "replans every step)"
+        )
+        lines.append(f"{'size':42s} {'recipe':46s}" + "".join(f" {'E=' + e:>9s}" for e in envs))
+        for row in batched:
+            rates = row["env_decisions_per_s_batched"]
+            lines.append(
+                f"{row['size']:42s} {row['recipe']:46s}"
+                + "".join(f" {rates[e]:9.1f}" for e in envs)
+            )
     return "\n".join(lines)

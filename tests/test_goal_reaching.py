@@ -109,7 +109,7 @@ def test_bench_plan_shows_the_score_evaluate_reached_with_the_same_settings(chec
                  "task.max_episode_steps=10"])  # fmt: skip
     assert code == 0
     results = read_scores(tmp_path / "b4")
-    pointmaze = next(s for s in SIZES if s.family == "pointmaze")
+    pointmaze = next(s for s in SIZES if s.task == ("pointmaze", "umaze"))
     fast = next(r for r in RECIPES if r.name == "goal inpainting, warm start T/4, DDIM 2, N=1")
     other = next(r for r in RECIPES if r.name == "goal inpainting, DDIM 16, N=16")
     found = _score_for(pointmaze, fast, results)
