@@ -258,6 +258,14 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
         seed=args.seed,
     )
     task = PointMazeTask(maze)
+    if args.step_limit is not None:
+        from diffplan.checkpoint import load_checkpoint
+        from guides import StepLimit
+
+        # Plans that jump further than the data moves rank last (a gradient that pushed them
+        # through a wall); "jump_ratio" in the diagnostics measures every chosen plan.
+        loaded = load_checkpoint(args.checkpoint)
+        extra.append(StepLimit.from_checkpoint(loaded, dims=[0, 1], tolerance=args.step_limit))
     planner = build_planner(args.checkpoint, task, settings, extra_guides=extra)
     policy = ViolationRecorder(planner)
     result = evaluate_policy(
@@ -270,6 +278,10 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
         record_paths=args.episodes,
     )
     return result, policy
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if values else math.nan
 
 
 def summarize(result, policy, disk: Disk, maze: str, guided: bool) -> dict:
@@ -295,6 +307,7 @@ def summarize(result, policy, disk: Disk, maze: str, guided: bool) -> dict:
         "plan_violation_mean": float(violations.mean()) if violations.size else math.nan,
         "plan_violating_frac": float((violations > 0).mean()) if violations.size else math.nan,
         "plans": int(violations.size),
+        "jump_ratio_mean": _mean(policy.diagnostics.get("jump_ratio")),
         "wall_time_s": result.wall_time_s,
     }
 
@@ -384,6 +397,13 @@ def main(argv: list[str] | None = None) -> int:
         "--margin", type=float, default=0.0, help="the guide keeps out of radius + margin"
     )
     parser.add_argument("--guide-steps", type=int, default=1)
+    parser.add_argument(
+        "--step-limit",
+        type=float,
+        default=None,
+        metavar="TOLERANCE",
+        help="rank plans whose position jumps exceed TOLERANCE x the data's below the rest",
+    )
     parser.add_argument(
         "--segments",
         action="store_true",
