@@ -80,6 +80,7 @@ class Recipe:
 RECIPES = [
     Recipe("Diffuser: DDPM 20, value grad x2, N=64", "ddpm", 20, 64, "value-gradient"),
     Recipe("DDIM 5, value ranking, N=64", "ddim", 5, 64, "value-ranking"),
+    Recipe("DDIM 5, value ranking, N=16 (B6 fast-rank)", "ddim", 5, 16, "value-ranking"),
     Recipe("warm start at T/4, DDIM 3, ranking, N=64", "ddim", 3, 64, "value-ranking", 0.25),
     Recipe("warm start at T/4, DDIM 3, ranking, N=16", "ddim", 3, 16, "value-ranking", 0.25),
     Recipe("warm start at T/4, DDIM 1, ranking, N=4", "ddim", 1, 4, "value-ranking", 0.25),
