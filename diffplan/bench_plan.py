@@ -245,8 +245,9 @@ def bench_plan(
             batched = {}
             if recipe.n_candidates <= BATCHED_MAX_CANDIDATES and "disks" not in recipe.guide:
                 for n_envs in BATCHED_ENVS:
+                    # A new row count starts fresh plans for every env: no rebuild needed.
                     batched[str(n_envs)] = n_envs / _median_act_seconds(
-                        _planner(size, recipe, dev), size, n_envs, dev, repeats=3
+                        planner, size, n_envs, dev, repeats=3
                     )
             rows.append(
                 {

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffplan.errors import DiffplanError, DiffplanWarning
+from diffplan.files import write_json_atomic
 
 # ----------------------------------------------------------------------------- argument types
 
@@ -474,7 +475,7 @@ def cmd_refs(args: argparse.Namespace) -> int:
     refs = measure_refs(maze, args.dense, episodes=args.episodes, seed=args.seed)
     if args.json:
         payload = {"env": args.env, "dense": args.dense, "command": " ".join(sys.argv), **refs}
-        _write_json_atomically(payload, Path(args.json))
+        write_json_atomic(args.json, payload)
     print(f"{args.env} ({'dense' if args.dense else 'sparse'} reward)")
     for key, value in refs.items():
         print(f"{key:32s} {value:.3f}" if isinstance(value, float) else f"{key:32s} {value}")
@@ -578,7 +579,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(result.format_table())
     print(f"  planner               {result.policy}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         payload = {
             **result.to_dict(),
             "planner": vars(config.plan),
@@ -586,17 +586,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "value": args.value,
             "command": " ".join(sys.argv),
         }
-        _write_json_atomically(payload, Path(args.json))
+        write_json_atomic(args.json, payload)
         print(f"json: {args.json}")
     if args.plot:
         print(f"plot: {args.plot}")
     return 0
-
-
-def _write_json_atomically(payload: dict, path: Path) -> None:
-    from diffplan.files import write_json_atomic
-
-    write_json_atomic(path, payload)
 
 
 # ----------------------------------------------------------------------------- train-value

@@ -128,6 +128,9 @@ class Guide:
 
     #: gradient steps per denoising step (Diffuser's n_guide_steps)
     guide_steps: int = 1
+    #: bound on each entry of the step (normalized units); None: unclipped. A clipped step
+    #: needs the guide's own backward pass (clipping does not commute with summing).
+    grad_clip: float | None = None
 
     def inpaint(self, ctx: GuideContext) -> Inpainting | None:
         return None
@@ -137,7 +140,12 @@ class Guide:
         return None
 
     def gradient(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
-        return objective_gradient([self], x, ctx) if self.has_objective else None
+        if not self.has_objective:
+            return None
+        step = objective_gradient([self], x, ctx)
+        if step is None or self.grad_clip is None:
+            return step
+        return step.clamp(-self.grad_clip, self.grad_clip)
 
     def model_inputs(self, ctx: GuideContext) -> ModelInputs | None:
         return None
@@ -163,8 +171,10 @@ class Guide:
     @property
     def step_is_objective_gradient(self) -> bool:
         """True when this guide's step is exactly the gradient of its objective, so that it
-        may share a backward pass with other guides (subclasses that clip say False)."""
-        return self.has_objective and type(self).gradient is Guide.gradient
+        may share a backward pass with other guides (not when it clips its step)."""
+        return (
+            self.has_objective and type(self).gradient is Guide.gradient and self.grad_clip is None
+        )
 
     def __add__(self, other: Guide) -> Compose:
         return Compose([self, other])
@@ -177,7 +187,7 @@ def objective_gradient(guides: list[Guide], x: torch.Tensor, ctx: GuideContext):
     denoise, cache = ctx.denoise, {}
 
     def shared_denoise(x_t: torch.Tensor) -> torch.Tensor:
-        if x_t is not x or denoise is None:
+        if x_t is not x:
             return denoise(x_t)
         if "x0" not in cache:
             cache["x0"] = denoise(x)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from diffplan.guidance import Guide, GuideContext, objective_gradient
+from diffplan.guidance import Guide, GuideContext
 
 CostFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -287,16 +287,6 @@ class Constraint(Guide):
         if not cost.requires_grad:
             return None  # a cost without a gradient only ranks
         return -self.weight * cost
-
-    @property
-    def step_is_objective_gradient(self) -> bool:
-        return self.grad_clip is None  # a clipped step needs its own backward pass
-
-    def gradient(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
-        step = objective_gradient([self], x, ctx)
-        if step is None or self.grad_clip is None:
-            return step
-        return step.clamp(-self.grad_clip, self.grad_clip)
 
     def score(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
         with torch.no_grad():

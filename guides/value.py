@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffplan.guidance import Guide, GuideContext, objective_gradient
+from diffplan.guidance import Guide, GuideContext
 
 
 class ValueGuide(Guide):
@@ -48,10 +48,6 @@ class ValueGuide(Guide):
     def uses_gradient(self) -> bool:
         return self.scale != 0.0
 
-    @property
-    def step_is_objective_gradient(self) -> bool:
-        return self.grad_clip is None  # a clipped step needs its own backward pass
-
     def objective(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
         """scale * V(x_t, t), times the posterior variance if `scale_grad_by_std`, and 0 for
         t < t_stopgrad: per plan, so its gradient is exactly Diffuser's step."""
@@ -62,12 +58,6 @@ class ValueGuide(Guide):
         if self.scale_grad_by_std:
             weight = weight * ctx.posterior_variance.reshape(-1)
         return weight * self._value(x, ctx.t)
-
-    def gradient(self, x: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
-        step = objective_gradient([self], x, ctx)
-        if step is None or self.grad_clip is None:
-            return step
-        return step.clamp(-self.grad_clip, self.grad_clip)
 
     def values(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
         """(B, H, D) env-unit plans -> (B,) predicted return (return units when known)."""

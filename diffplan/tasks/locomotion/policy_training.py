@@ -60,10 +60,6 @@ def evaluate_returns(
     return returns
 
 
-def _atomic_json(path: Path, data) -> None:
-    write_json_atomic(path, data, indent=1)
-
-
 def _save_replay(buffer, path: Path) -> int:
     """Store the filled rows of an SB3 replay buffer (never wrapped: capacity >= steps)."""
     n = buffer.buffer_size if buffer.full else buffer.pos
@@ -186,7 +182,7 @@ def train_policy(
             }
         )
         log["wall_s"] = wall
-        _atomic_json(log_path, log)
+        write_json_atomic(log_path, log, indent=1)
         agent.logger.record("snapshot/return_mean", mean)
         bar.set_postfix(ret=f"{mean:.0f}")
 
