@@ -3,7 +3,9 @@
 Replans at every step for one environment, side by side in one run: Diffuser's recipe
 (20-step DDPM, 2 value-gradient steps per denoising step, 64 candidates, best by value) and
 the project's faster settings (DDIM with few steps, warm starts, ranking without gradients,
-fewer candidates). Untrained weights: speed does not depend on them.
+fewer candidates). Plan-reuse rows replan every k steps and track the plan in between; their
+time per decision is the mean over whole replan cycles. Untrained weights: speed does not
+depend on them.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Recipe:
     guide: str  # value-gradient | value-ranking | goal
     warm_start_level: float | None = None  # warm start from the previous plan at this noise
     # level, as a fraction of the training steps
+    replan_every: int = 1  # > 1: plan reuse, the PD tracker follows the plan in between
 
 
 RECIPES = [
@@ -87,6 +90,12 @@ RECIPES = [
     Recipe("goal inpainting, DDIM 16, N=16", "ddim", 16, 16, "goal"),
     Recipe("goal inpainting, warm start T/4, DDIM 3, N=16", "ddim", 3, 16, "goal", 0.25),
     Recipe("goal inpainting, warm start T/4, DDIM 2, N=1", "ddim", 2, 1, "goal", 0.25),
+    # Plan reuse (B1's MPC protocol): a new plan every 16 or 8 env steps, tracked in between.
+    Recipe("plan reuse: goal, every 16, DDIM 16, N=16", "ddim", 16, 16, "goal", None, 16),
+    Recipe("plan reuse: goal, every 16, DDIM 8, N=16", "ddim", 8, 16, "goal", None, 16),
+    Recipe("plan reuse: goal, every 16, DDIM 4, N=16", "ddim", 4, 16, "goal", None, 16),
+    Recipe("plan reuse: goal, every 16, DDIM 8, N=4", "ddim", 8, 4, "goal", None, 16),
+    Recipe("plan reuse: goal, every 8, DDIM 4, N=8", "ddim", 4, 8, "goal", None, 8),
     # B3's guide with three keep-out disks: their gradients share one backward pass through
     # the denoiser; grad_clip makes each constraint take its own (the old way), for comparison.
     Recipe("goal + 3 keep-out disks, DDIM 10, N=16", "ddim", 10, 16, "goal+3-disks"),
@@ -129,8 +138,8 @@ def _planner(size: Size, recipe: Recipe, device: torch.device) -> MPCPlanner:
             if recipe.warm_start_level is None
             else int(recipe.warm_start_level * size.n_timesteps)
         ),
-        action_mode="diffused" if spec.stride == 1 else "track",
-        replan_every=1,
+        action_mode="diffused" if spec.stride == 1 and recipe.replan_every == 1 else "track",
+        replan_every=recipe.replan_every,
         device=device,
         position_dims=size.position_dims,
         velocity_dims=size.velocity_dims,
@@ -141,7 +150,8 @@ def _settings(size: Size, recipe: Recipe) -> dict:
     """The `plan:` settings of `diffplan evaluate` that run this recipe."""
     return {
         "mode": "mpc",
-        "replan_every": 1,
+        "replan_every": recipe.replan_every,
+        "replan_tolerance": None,
         "sampler": recipe.sampler,
         "sampling_steps": min(recipe.sampling_steps, size.n_timesteps),
         "n_candidates": recipe.n_candidates,
@@ -207,17 +217,21 @@ BATCHED_MAX_CANDIDATES = 16
 def _median_act_seconds(
     planner: MPCPlanner, size: Size, n_envs: int | None, dev: torch.device, repeats: int
 ) -> float:
-    """Median seconds of one `act` for one env (n_envs None) or a batch of n_envs."""
+    """Median seconds of one `act` for one env (n_envs None) or a batch of n_envs; with plan
+    reuse (replan_every k > 1), the median over `repeats` cycles of k acts, divided by k."""
     shape = (size.spec.obs_dim,) if n_envs is None else (n_envs, size.spec.obs_dim)
     obs = np.zeros(shape, dtype=np.float32)
-    planner.act(obs)  # warm-up; also the plan that the first warm start continues
+    cycle = max(planner.replan_every, 1)
+    for _ in range(cycle):
+        planner.act(obs)  # warm-up; also the plan that the first warm start continues
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        planner.act(obs)
+        for _ in range(cycle):
+            planner.act(obs)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) / cycle)
     return statistics.median(times)
 
 
@@ -243,7 +257,11 @@ def bench_plan(
             seconds = _median_act_seconds(planner, size, None, dev, decisions)
             baseline = baseline or seconds
             batched = {}
-            if recipe.n_candidates <= BATCHED_MAX_CANDIDATES and "disks" not in recipe.guide:
+            if (
+                recipe.n_candidates <= BATCHED_MAX_CANDIDATES
+                and "disks" not in recipe.guide
+                and recipe.replan_every == 1
+            ):
                 for n_envs in BATCHED_ENVS:
                     # A new row count starts fresh plans for every env: no rebuild needed.
                     batched[str(n_envs)] = n_envs / _median_act_seconds(
@@ -279,8 +297,10 @@ def bench_plan(
 
 def format_plan_table(report: dict) -> str:
     lines = [
-        f"MPC decisions per second (replan every step, 1 env), {report['device']}, "
-        f"{report['threads']} threads, median of {report['decisions_timed']} decisions",
+        f"MPC decisions per second (1 env; replan every step unless a row reuses its plan), "
+        f"{report['device']}, {report['threads']} threads, median of "
+        f"{report['decisions_timed']} decisions (plan reuse: of {report['decisions_timed']} "
+        "replan cycles)",
         f"{'size':42s} {'recipe':46s} {'ms/decision':>11s} {'dec/s':>7s} {'speed-up':>8s}"
         f"  score (evaluate results in {report.get('scores_from')})",
     ]

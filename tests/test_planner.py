@@ -107,6 +107,35 @@ def test_replans_on_schedule_and_after_reset(model, monkeypatch):
         np.testing.assert_allclose(action, plan_actions[k], atol=1e-6)
 
 
+def test_replans_when_the_state_leaves_the_plan(model):
+    """Plan reuse: the plan is kept while the state follows it, redrawn once it does not."""
+    planner = make_planner(model, replan_every=0, replan_tolerance=0.1)
+    start = np.zeros((2, 4), dtype=np.float32)
+    planner.act(start)
+    assert planner.replanned.all()
+    plan_obs = SPEC.observations(planner.last_plan.best).numpy()  # env units, (2, H, 4)
+    # Row 0 is where its plan said it would be after one step (exact); row 1 is far off.
+    following = plan_obs[:, 1].copy()
+    following[1] += 1.5
+    planner.act(following)
+    assert planner.replanned.tolist() == [False, True]
+    assert planner.drift[0] < 1e-5 and planner.drift[1] > 0.1
+    # Half-way between planned steps of a strided plan is interpolated, not a drift.
+    strided_spec = TrajectorySpec(obs_dim=4, act_dim=2, horizon=16, stride=2)
+    diffusion, normalizer = model
+    strided = MPCPlanner(
+        Diffusion(diffusion.model, strided_spec, n_timesteps=10), normalizer, strided_spec,
+        n_candidates=2, sampling_steps=3, replan_every=0, replan_tolerance=0.05,
+        action_mode="track", position_dims=[0, 1], velocity_dims=[2, 3],
+    )  # fmt: skip
+    strided.act(np.zeros(4, dtype=np.float32))
+    obs = SPEC.observations(strided.last_plan.best).numpy()[0]
+    strided.act(0.5 * (obs[0] + obs[1]))
+    assert not strided.replanned.any() and strided.drift[0] < 1e-5
+    with pytest.raises(ValueError, match="replan_tolerance"):
+        make_planner(model, replan_tolerance=0.0)
+
+
 def test_warm_start_continues_from_the_shifted_previous_plan(model, monkeypatch):
     planner = make_planner(model, warm_start=True, warm_start_t=2, replan_every=2)
     diffusion = planner.diffusion

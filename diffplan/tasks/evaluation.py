@@ -102,7 +102,8 @@ class EvalResult:
       the first success, null if never), ``success_rate, steps_to_goal_mean`` (successes
       only); null when the env never reports success
     - ``act_time_per_decision_s`` (time in ``policy.act`` / env steps), ``act_time_per_call_s``,
-      ``act_calls``, ``wall_time_s``
+      ``act_calls``, ``wall_time_s``; ``plans`` (env decisions that drew a new plan, when the
+      policy says which: an MPC planner's ``replanned``)
     - ``paths``: for the first recorded episodes, ``{episode, start, goal, xy}`` (the task's
       ``position`` of each step), when the task records positions
     """
@@ -129,6 +130,7 @@ class EvalResult:
     act_time_per_call_s: float
     act_calls: int
     wall_time_s: float
+    plans: int | None = None
     task_info: dict[str, Any] = field(default_factory=dict)
     paths: list[dict[str, Any]] = field(default_factory=list)
 
@@ -182,6 +184,11 @@ class EvalResult:
             f"  act time              {1e3 * self.act_time_per_decision_s:8.3f} ms/decision, "
             f"{1e3 * self.act_time_per_call_s:.3f} ms/call ({self.act_calls} calls)"
         )
+        if self.plans is not None:
+            rows.append(
+                f"  plans drawn           {self.plans:8d}   "
+                f"({self.plans / max(sum(self.lengths), 1):.3f} per decision)"
+            )
         rows.append(f"  wall time             {self.wall_time_s:8.1f} s")
         return "\n".join(rows)
 
@@ -234,6 +241,7 @@ def evaluate_policy(
     slot_episode = np.full(n_envs, -1)
     raw: list[Any] = [None] * n_envs
     act_time, act_calls, decisions = 0.0, 0, 0
+    plans = 0 if hasattr(policy, "replanned") else None
     next_episode = 0
     bar = None
     if progress:
@@ -271,6 +279,8 @@ def evaluate_policy(
         act_time += time.perf_counter() - t0
         act_calls += 1
         decisions += len(live)
+        if plans is not None:
+            plans += int(np.count_nonzero(policy.replanned))
         if actions.shape != (len(live), *act_shape):
             raise ValueError(
                 f"policy.act returned shape {actions.shape}, expected {(len(live), *act_shape)}"
@@ -340,6 +350,7 @@ def evaluate_policy(
         act_time_per_call_s=act_time / max(act_calls, 1),
         act_calls=act_calls,
         wall_time_s=time.perf_counter() - t_start,
+        plans=plans,
         task_info=task.info(),
         paths=[{**p, "xy": np.asarray(p["xy"])} for _, p in sorted(paths.items())],
     )
