@@ -28,7 +28,7 @@ from diffplan.networks import TemporalUnet, ValueNet, count_parameters
 from diffplan.normalizer import Normalizer
 from diffplan.spec import TrajectorySpec
 from guides import Constraint, Goal, KeepOutDisk, ValueGuide, ValueRanking
-from planners import MPCPlanner
+from planners import MPCPlanner, PDTracker
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,8 @@ class Recipe:
     warm_start_level: float | None = None  # warm start from the previous plan at this noise
     # level, as a fraction of the training steps
     replan_every: int = 1  # > 1: plan reuse, the PD tracker follows the plan in between
+    lookahead: int = 1  # the PD tracker's target, env steps ahead on the plan
+    goal_hold: float | None = None  # PointMaze: hold the goal once within this distance
 
 
 RECIPES = [
@@ -88,14 +90,13 @@ RECIPES = [
     Recipe("warm start at T/4, DDIM 3, ranking, N=16", "ddim", 3, 16, "value-ranking", 0.25),
     Recipe("warm start at T/4, DDIM 1, ranking, N=4", "ddim", 1, 4, "value-ranking", 0.25),
     Recipe("goal inpainting, DDIM 16, N=16", "ddim", 16, 16, "goal"),
-    Recipe("goal inpainting, warm start T/4, DDIM 3, N=16", "ddim", 3, 16, "goal", 0.25),
-    Recipe("goal inpainting, warm start T/4, DDIM 2, N=1", "ddim", 2, 1, "goal", 0.25),
-    # Plan reuse (B1's MPC protocol): a new plan every 16 or 8 env steps, tracked in between.
-    Recipe("plan reuse: goal, every 16, DDIM 16, N=16", "ddim", 16, 16, "goal", None, 16),
-    Recipe("plan reuse: goal, every 16, DDIM 8, N=16", "ddim", 8, 16, "goal", None, 16),
-    Recipe("plan reuse: goal, every 16, DDIM 4, N=16", "ddim", 4, 16, "goal", None, 16),
-    Recipe("plan reuse: goal, every 16, DDIM 8, N=4", "ddim", 8, 4, "goal", None, 16),
-    Recipe("plan reuse: goal, every 8, DDIM 4, N=8", "ddim", 4, 8, "goal", None, 8),
+    # PointMaze rows hold the goal once reached and track 2 env steps ahead (README, B4).
+    Recipe("goal, warm start T/4, DDIM 3, N=16", "ddim", 3, 16, "goal", 0.25, 1, 2, 0.25),
+    Recipe("goal, warm start T/4, DDIM 2, N=1", "ddim", 2, 1, "goal", 0.25, 1, 2, 0.25),
+    # Plan reuse (B1's MPC protocol): a new plan every 16 env steps, tracked in between.
+    Recipe("plan reuse: goal, every 16, DDIM 16, N=16", "ddim", 16, 16, "goal", None, 16, 1, 0.25),
+    Recipe("plan reuse: goal, every 16, DDIM 8, N=16", "ddim", 8, 16, "goal", None, 16, 1, 0.25),
+    Recipe("plan reuse: goal, every 16, DDIM 4, N=16", "ddim", 4, 16, "goal", None, 16, 1, 0.25),
     # B3's guide with three keep-out disks: their gradients share one backward pass through
     # the denoiser; grad_clip makes each constraint take its own (the old way), for comparison.
     Recipe("goal + 3 keep-out disks, DDIM 10, N=16", "ddim", 10, 16, "goal+3-disks"),
@@ -116,7 +117,7 @@ def _planner(size: Size, recipe: Recipe, device: torch.device) -> MPCPlanner:
     elif recipe.guide == "value-ranking":
         guide = ValueRanking(value)
     else:
-        guide = Goal([1.0, 1.0], dims=[0, 1])
+        guide = Goal([1.0, 1.0], dims=[0, 1], hold_within=recipe.goal_hold)
     guides = [guide]
     if recipe.guide.startswith("goal+3-disks"):
         clip = 1e9 if recipe.guide.endswith("separate") else None  # a clipped step: own pass
@@ -140,6 +141,7 @@ def _planner(size: Size, recipe: Recipe, device: torch.device) -> MPCPlanner:
         ),
         action_mode="diffused" if spec.stride == 1 and recipe.replan_every == 1 else "track",
         replan_every=recipe.replan_every,
+        tracker=PDTracker(lookahead=recipe.lookahead),
         device=device,
         position_dims=size.position_dims,
         velocity_dims=size.velocity_dims,
@@ -151,7 +153,7 @@ def _settings(size: Size, recipe: Recipe) -> dict:
     return {
         "mode": "mpc",
         "replan_every": recipe.replan_every,
-        "replan_tolerance": None,
+        "lookahead": recipe.lookahead,
         "sampler": recipe.sampler,
         "sampling_steps": min(recipe.sampling_steps, size.n_timesteps),
         "n_candidates": recipe.n_candidates,
@@ -185,6 +187,9 @@ def _score_for(size: Size, recipe: Recipe, results: list[dict]) -> dict | None:
     for doc in results:
         planner, info = doc["planner"], doc.get("task_info") or {}
         if size.task is None or (info.get("family"), info.get("env")) != size.task:
+            continue
+        planner = {"lookahead": 1, **planner}  # results written before it was recorded
+        if info.get("goal_hold") != recipe.goal_hold:
             continue
         if any(planner.get(k) != v for k, v in want.items() if k != "warm_start_t") or (
             want["warm_start"] and planner.get("warm_start_t") != want["warm_start_t"]

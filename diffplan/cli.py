@@ -492,7 +492,6 @@ PLAN_FLAGS: list[tuple[str, str, dict]] = [
     ("--sampling-steps", "sampling_steps", {"type": int}),
     ("--sampler", "sampler", {"choices": ["ddim", "ddpm"]}),
     ("--replan-every", "replan_every", {"type": int}),
-    ("--replan-tolerance", "replan_tolerance", {"type": float}),
     ("--warm-start", "warm_start", {"action": argparse.BooleanOptionalAction}),
     ("--warm-start-t", "warm_start_t", {"type": int}),
     ("--action-mode", "action_mode", {"choices": ["track", "diffused", "inverse-dynamics"]}),

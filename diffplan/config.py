@@ -119,9 +119,6 @@ class PlanConfig:
     # f(current state, next planned state) with the model of `diffplan train-inverse`
     action_mode: str = "diffused"
     replan_every: int = 1
-    # Plan reuse: also replan as soon as the state drifts from the plan by more than this
-    # (RMS over observation dims, normalized units); null: only every `replan_every` steps.
-    replan_tolerance: float | None = None
     # PD gains measured by tracking the dataset's own PointMaze episodes: 20 / 2 followed them
     # closest (mean position error 0.06, against 0.10 for the data controller's 10 / 1).
     kp: float = 20.0
@@ -414,8 +411,6 @@ def validate_config(config: Config, source: str | _Sources = "the config") -> No
         ("plan.sampler", p.sampler in SAMPLERS, choice(SAMPLERS)),
         ("plan.sampling_steps", p.sampling_steps >= 1, ">= 1"),
         ("plan.replan_every", p.replan_every >= 0, ">= 0 (0: plan once per episode)"),
-        ("plan.replan_tolerance", p.replan_tolerance is None or finite(p.replan_tolerance)
-         and p.replan_tolerance > 0, "null or a finite number > 0"),
         ("plan.kp", finite(p.kp, 0.0), ">= 0"),
         ("plan.kd", finite(p.kd, 0.0), ">= 0"),
     ]  # fmt: skip

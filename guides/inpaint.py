@@ -85,6 +85,10 @@ class Goal(Guide):
         steps after the episode began, and holds the goal at every planned step after that;
         so the horizon shrinks as the episode runs and a ball at the goal plans to stay.
         (With "end", each replan moves the arrival H-1 planned steps into the future.)
+    hold_within: once the current position is within this distance of the goal (env units),
+        the goal is held from planned step 1 on, so a ball at the goal plans to stay there
+        (a model trained on data that never stops would otherwise plan to leave and return
+        by the arrival step; every replan is another draw that may do so). None: off.
     check: optional ``check(goal, position)`` called per env with the goal and the current
         position (both env units, numpy) before planning; it raises ValueError for a goal the
         environment cannot offer (e.g. :meth:`MazeGrid.check_goal`: inside a wall, unreachable).
@@ -101,13 +105,17 @@ class Goal(Guide):
         velocity_dims: Sequence[int] | None = None,
         score_weight: float = 1.0,
         arrival: str = "end",
+        hold_within: float | None = None,
         check: Callable[[np.ndarray, np.ndarray | None], None] | None = None,
     ):
         if arrival not in ("end", "first-plan"):
             raise ValueError(f"Goal arrival must be 'end' or 'first-plan', got {arrival!r}")
         if arrival == "first-plan" and step != -1:
             raise ValueError("Goal(arrival='first-plan') chooses the step itself; leave step=-1")
+        if hold_within is not None and not hold_within > 0:
+            raise ValueError(f"Goal hold_within must be > 0 or None, got {hold_within}")
         self.arrival = arrival
+        self.hold_within = hold_within
         self.position = None if position is None else torch.as_tensor(position, dtype=torch.float32)
         self._dims = None if dims is None else list(dims)
         self.step = step
@@ -164,13 +172,23 @@ class Goal(Guide):
             velocity_dims = self.velocity_dims_for(ctx)
             dims += velocity_dims
             values = torch.cat([values, values.new_zeros(len(values), len(velocity_dims))], -1)
-        if self.arrival == "end" or ctx.episode_step is None:
+        clock = self.arrival == "first-plan" and ctx.episode_step is not None
+        hold = self.hold_within is not None and ctx.observation is not None
+        if not clock and not hold:
             return _fixed_states(ctx, [self.step], dims, values[:, None, :], "Goal")
-        # Hold the goal from the planned step at which the episode's first plan arrives.
         spec = ctx.spec
-        elapsed = torch.div(ctx.episode_step.to(ctx.device), spec.stride, rounding_mode="floor")
-        arrive = (spec.horizon - 1 - elapsed).clamp(1, spec.horizon - 1)  # (E,)
-        held = torch.arange(spec.horizon, device=ctx.device)[None, :] >= arrive[:, None]
+        steps = torch.arange(spec.horizon, device=ctx.device)[None, :]
+        if clock:
+            # Hold the goal from the planned step at which the episode's first plan arrives.
+            elapsed = torch.div(ctx.episode_step.to(ctx.device), spec.stride, rounding_mode="floor")
+            arrive = (spec.horizon - 1 - elapsed).clamp(1, spec.horizon - 1)  # (E,)
+            held = steps >= arrive[:, None]
+        else:
+            held = (steps == self.step % spec.horizon).expand(ctx.n_envs, -1)
+        if hold:
+            position = ctx.observation[:, self.dims_for(ctx)].to(ctx.device)
+            near = (position - values[:, : len(self.dims_for(ctx))]).norm(dim=-1)
+            held = held | ((near <= self.hold_within)[:, None] & (steps >= 1))
         columns = torch.zeros(spec.transition_dim, dtype=torch.bool, device=ctx.device)
         columns[spec.observation_dims(dims)] = True
         mask = held[:, :, None] & columns  # (E, H, D)

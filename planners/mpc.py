@@ -6,9 +6,7 @@ One call plans for E environments at once, N candidates each, in a single batche
         ──> score with the guides ──> best plan per env (E, H, D) ──> first action(s)
 
 Between replans (every `replan_every` env steps; 0 = once per episode) it keeps executing
-the current plan: the diffused actions, or a PD tracker following the planned states. With
-`replan_tolerance` it also replans as soon as the state leaves the plan (plan reuse: a plan
-that still holds is not redrawn, one that no longer does is replaced at once).
+the current plan: the diffused actions, or a PD tracker following the planned states.
 """
 
 from __future__ import annotations
@@ -50,7 +48,6 @@ def planner_arguments(plan) -> dict:
         "warm_start_t": plan.warm_start_t,
         "action_mode": plan.action_mode,
         "replan_every": 0 if plan.mode == "open-loop" else plan.replan_every,
-        "replan_tolerance": None if plan.mode == "open-loop" else plan.replan_tolerance,
         "tracker": PDTracker(kp=plan.kp, kd=plan.kd, lookahead=plan.lookahead),
         "seed": plan.seed,
         "position_dims": plan.position_dims,
@@ -72,9 +69,6 @@ class MPCPlanner:
         (obs (E, obs_dim), next planned obs (E, obs_dim) -> (E, act_dim), env units) for the
         action that leads to the next planned state (states-only models).
     replan_every: env steps between plans; 0 plans once per episode (open loop).
-    replan_tolerance: replan early when the observation drifts from where the plan said it
-        would be by more than this (RMS over observation dims, in normalized units); None:
-        only every `replan_every` steps. `drift` (R,) holds the last call's drift per row.
     position_dims, velocity_dims: which observation dims are positions / velocities (goal
         guides and the tracker default to them).
 
@@ -96,7 +90,6 @@ class MPCPlanner:
         warm_start_t: int | None = None,
         action_mode: str = "diffused",
         replan_every: int = 1,
-        replan_tolerance: float | None = None,
         tracker: PDTracker | None = None,
         return_range: tuple[float, float] | None = None,
         seed: int = 0,
@@ -120,8 +113,6 @@ class MPCPlanner:
             )
         if n_candidates < 1:
             raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
-        if replan_tolerance is not None and not replan_tolerance > 0:
-            raise ValueError(f"replan_tolerance must be > 0 or None, got {replan_tolerance}")
         self.device = torch.device(device)
         self.diffusion = diffusion.to(self.device).eval()
         self.normalizer = normalizer
@@ -138,8 +129,6 @@ class MPCPlanner:
         )
         self.action_mode = action_mode
         self.replan_every = replan_every
-        self.replan_tolerance = replan_tolerance
-        self._obs_normalizer = normalizer.select(spec.observation_slice)
         self.position_dims = None if position_dims is None else list(position_dims)
         self.velocity_dims = None if velocity_dims is None else list(velocity_dims)
         self.tracker = tracker or PDTracker()
@@ -150,7 +139,6 @@ class MPCPlanner:
         self.inverse_dynamics = inverse_dynamics
         self.return_range = return_range
         self.replanned: np.ndarray = np.zeros(0, dtype=bool)
-        self.drift: np.ndarray = np.zeros(0)
         self.description = "MPCPlanner"  # what was run, for result tables
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.last_plan: Plan | None = None
@@ -296,14 +284,19 @@ class MPCPlanner:
         return plan
 
     def _shifted(self, plans: torch.Tensor, since: np.ndarray) -> torch.Tensor:
-        """Plans (E, H, D) moved forward by the planned steps executed since, last step repeated."""
-        shift = torch.as_tensor(since // self.spec.stride, device=self.device)
-        horizon = self.spec.horizon
-        index = (torch.arange(horizon, device=self.device)[None] + shift[:, None]).clamp(
-            max=horizon - 1
-        )
-        rows = torch.arange(len(index), device=self.device)[:, None]
-        return plans[rows, index]
+        """Plans (E, H, D) moved forward by the env steps executed since, last step repeated.
+
+        A strided plan moved by a part of its stride is interpolated between planned steps
+        (replanning every env step on a stride-4 plan would otherwise restart from a plan up
+        to 3 env steps behind the state, and the new plan lags)."""
+        shift = torch.as_tensor(since / self.spec.stride, dtype=torch.float32, device=self.device)
+        last = self.spec.horizon - 1
+        position = torch.arange(self.spec.horizon, device=self.device)[None] + shift[:, None]
+        low = position.floor().long().clamp(max=last)
+        high = (low + 1).clamp(max=last)
+        frac = (position - position.floor())[..., None]
+        rows = torch.arange(len(plans), device=self.device)[:, None]
+        return (1 - frac) * plans[rows, low] + frac * plans[rows, high]
 
     def act(self, observation, goal=None, env_indices=None) -> np.ndarray:
         """The action for each env, (act_dim,) or (R, act_dim), env units.
@@ -330,9 +323,6 @@ class MPCPlanner:
         due = since < 0
         if self.replan_every > 0:
             due |= since >= self.replan_every
-        if self.replan_tolerance is not None:
-            self.drift = np.where(due, 0.0, self._drift(obs, slots, since))
-            due |= self.drift > self.replan_tolerance
         self.replanned = due.copy()
         if due.any():
             self._replan(obs, goal, slots, np.flatnonzero(due))
@@ -359,21 +349,6 @@ class MPCPlanner:
                 "settings (scales, targets) and that observations lie in the data's range"
             )
         return actions[0] if single else actions
-
-    def _drift(self, obs: torch.Tensor, slots: np.ndarray, since: np.ndarray) -> np.ndarray:
-        """(R,) RMS distance, normalized units, between each observation and its plan's state
-        for this env step (interpolated between planned steps; 0 for rows without a plan)."""
-        planned = self.spec.observations(self._plans_normalized[torch.as_tensor(slots)])
-        position = torch.as_tensor(np.maximum(since, 0) / self.spec.stride, dtype=torch.float32)
-        last = self.spec.horizon - 1
-        low = position.floor().long().clamp(max=last)
-        high = (low + 1).clamp(max=last)
-        frac = (position - low.float()).clamp(0, 1)[:, None].to(self.device)
-        rows = torch.arange(len(slots), device=self.device)
-        expected = (1 - frac) * planned[rows, low] + frac * planned[rows, high]
-        error = self._obs_normalizer.normalize(obs) - expected
-        drift = error.pow(2).mean(dim=-1).sqrt().cpu().numpy()
-        return np.where(since < 0, 0.0, drift)
 
     def _check_goal(self, goal, rows: int):
         if goal is None:

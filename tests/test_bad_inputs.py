@@ -34,6 +34,7 @@ from diffplan.errors import (
     DiffplanWarning,
 )
 from diffplan.spec import TrajectorySpec
+from diffplan.tasks import task_for
 from diffplan.trainer import train
 from diffplan.value_training import load_value, train_value
 
@@ -386,9 +387,10 @@ API_CASES = [
         "is a directory"),
     api("config-dict-bad-value", lambda t: config_from_dict({"train": {"log_every": 0}}),
         ConfigError, "'train.log_every' in <dict> must be >= 1"),
-    api("config-negative-replan-tolerance",
-        lambda t: config_from_dict({"plan": {"replan_tolerance": -0.1}}), ConfigError,
-        "'plan.replan_tolerance' in <dict> must be null or a finite number > 0"),
+    api("pointmaze-negative-goal-hold",
+        lambda t: task_for(config_from_dict({"task": {"type": "pointmaze", "env": "umaze",
+                                                      "options": {"goal_hold": -0.1}}})),
+        ConfigError, "task.options.goal_hold must be a distance > 0 or null, got -0.1"),
     api("windows-mostly-padding", lambda t: short_windows(64), DatasetError,
         "91 % of the planned steps"),
     api("unknown-device", lambda t: resolve_device("tpu"), ConfigError, "unknown device"),

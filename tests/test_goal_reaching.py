@@ -69,6 +69,8 @@ def test_planner_beats_random_policy_on_umaze(checkpoint):
     # average, than a random policy's, by at least 0.3 (a cell is 1.0 wide).
     ours, theirs = final_distances(planned).mean(), final_distances(random).mean()
     assert ours < theirs - 0.3, (ours, theirs)
+    # Every episode runs its STEPS env steps, with a new plan every 8 of them.
+    assert planned.plans == EPISODES * -(-STEPS // 8) and random.plans is None
 
 
 def test_evaluate_checkpoint_writes_documented_json_and_plot(checkpoint, tmp_path):
@@ -106,11 +108,12 @@ def test_bench_plan_shows_the_score_evaluate_reached_with_the_same_settings(chec
                  "--json", str(out), "--no-progress", "plan.mode=mpc", "plan.replan_every=1",
                  "plan.warm_start=true", "plan.warm_start_t=16", "plan.sampler=ddim",
                  "plan.sampling_steps=2", "plan.n_candidates=1", "plan.action_mode=track",
+                 "plan.lookahead=2", "task.options.goal_hold=0.25",
                  "task.max_episode_steps=10"])  # fmt: skip
     assert code == 0
     results = read_scores(tmp_path / "b4")
     pointmaze = next(s for s in SIZES if s.task == ("pointmaze", "umaze"))
-    fast = next(r for r in RECIPES if r.name == "goal inpainting, warm start T/4, DDIM 2, N=1")
+    fast = next(r for r in RECIPES if r.name == "goal, warm start T/4, DDIM 2, N=1")
     other = next(r for r in RECIPES if r.name == "goal inpainting, DDIM 16, N=16")
     found = _score_for(pointmaze, fast, results)
     evaluated = json.loads(out.read_text())

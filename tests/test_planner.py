@@ -107,35 +107,6 @@ def test_replans_on_schedule_and_after_reset(model, monkeypatch):
         np.testing.assert_allclose(action, plan_actions[k], atol=1e-6)
 
 
-def test_replans_when_the_state_leaves_the_plan(model):
-    """Plan reuse: the plan is kept while the state follows it, redrawn once it does not."""
-    planner = make_planner(model, replan_every=0, replan_tolerance=0.1)
-    start = np.zeros((2, 4), dtype=np.float32)
-    planner.act(start)
-    assert planner.replanned.all()
-    plan_obs = SPEC.observations(planner.last_plan.best).numpy()  # env units, (2, H, 4)
-    # Row 0 is where its plan said it would be after one step (exact); row 1 is far off.
-    following = plan_obs[:, 1].copy()
-    following[1] += 1.5
-    planner.act(following)
-    assert planner.replanned.tolist() == [False, True]
-    assert planner.drift[0] < 1e-5 and planner.drift[1] > 0.1
-    # Half-way between planned steps of a strided plan is interpolated, not a drift.
-    strided_spec = TrajectorySpec(obs_dim=4, act_dim=2, horizon=16, stride=2)
-    diffusion, normalizer = model
-    strided = MPCPlanner(
-        Diffusion(diffusion.model, strided_spec, n_timesteps=10), normalizer, strided_spec,
-        n_candidates=2, sampling_steps=3, replan_every=0, replan_tolerance=0.05,
-        action_mode="track", position_dims=[0, 1], velocity_dims=[2, 3],
-    )  # fmt: skip
-    strided.act(np.zeros(4, dtype=np.float32))
-    obs = SPEC.observations(strided.last_plan.best).numpy()[0]
-    strided.act(0.5 * (obs[0] + obs[1]))
-    assert not strided.replanned.any() and strided.drift[0] < 1e-5
-    with pytest.raises(ValueError, match="replan_tolerance"):
-        make_planner(model, replan_tolerance=0.0)
-
-
 def test_warm_start_continues_from_the_shifted_previous_plan(model, monkeypatch):
     planner = make_planner(model, warm_start=True, warm_start_t=2, replan_every=2)
     diffusion = planner.diffusion
@@ -159,6 +130,32 @@ def test_warm_start_continues_from_the_shifted_previous_plan(model, monkeypatch)
     planner.reset()
     planner.act(np.zeros((2, 4)))
     assert seen[2][0] is None  # a new episode starts cold
+
+
+def test_strided_warm_start_is_moved_by_part_of_a_planned_step(model, monkeypatch):
+    """Two env steps into a stride-4 plan, the warm start lies half-way between planned steps
+    (not the unshifted plan, which would restart every new plan behind the state)."""
+    spec = TrajectorySpec(obs_dim=4, act_dim=2, horizon=16, stride=4)
+    diffusion, normalizer = model
+    planner = MPCPlanner(
+        Diffusion(diffusion.model, spec, n_timesteps=10), normalizer, spec, n_candidates=2,
+        sampling_steps=3, warm_start=True, warm_start_t=2, replan_every=2, action_mode="track",
+        position_dims=[0, 1], velocity_dims=[2, 3],
+    )  # fmt: skip
+    seen = []
+    original = planner.diffusion.sample
+    monkeypatch.setattr(
+        planner.diffusion, "sample",
+        lambda *a, **k: seen.append(k.get("warm_start")) or original(*a, **k),
+    )  # fmt: skip
+    planner.act(np.zeros(4))
+    first = planner.last_plan.best_normalized[0]  # (H, D)
+    planner.act(np.zeros(4))
+    planner.act(np.zeros(4))  # replans two env steps (half a planned step) later
+    middle = 0.5 * (first[:-1] + first[1:])
+    expected = torch.cat([middle, first[-1:]])  # past the end: the last planned step held
+    torch.testing.assert_close(seen[1][0], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(seen[1][1], expected, rtol=0, atol=1e-6)
 
 
 def test_pd_tracker_interpolates_and_holds():
@@ -220,6 +217,23 @@ def test_goal_first_plan_arrival_shrinks_the_horizon_and_holds_the_goal(model):
             assert torch.all(observations[arrive:, :2] == torch.as_tensor(goal)), step
             assert torch.all(observations[arrive:, 2:] == 0), step
             assert not torch.all(observations[arrive - 1, :2] == torch.as_tensor(goal)), step
+
+
+def test_goal_is_held_once_the_ball_is_there(model):
+    """Goal(hold_within=r): a ball within r of the goal plans to stay from its next step on;
+    farther away the first plan's arrival time still decides where the goal is held."""
+    goal = np.array([1.0, -1.0], dtype=np.float32)
+    guide = Goal(zero_velocity=True, arrival="first-plan", hold_within=0.3)
+    planner = make_planner(model, guide=[guide], replan_every=1)
+    near = np.array([[0.9, -0.95, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    planner.act(near, goal=goal)
+    observations = SPEC.observations(planner.last_plan.best)  # (2, H, 4)
+    assert torch.all(observations[0, 1:, :2] == torch.as_tensor(goal))
+    assert torch.all(observations[0, 1:, 2:] == 0)
+    assert not torch.all(observations[1, -2, :2] == torch.as_tensor(goal))  # arrives at H-1
+    assert torch.all(observations[1, -1, :2] == torch.as_tensor(goal))
+    with pytest.raises(ValueError, match="hold_within"):
+        Goal(hold_within=0.0)
 
 
 def test_a_start_state_just_outside_the_data_is_planned_from(model):

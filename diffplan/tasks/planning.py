@@ -112,11 +112,6 @@ def describe_settings(settings: PlanConfig, value: bool) -> str:
         how = "open-loop (one plan per episode)"
     else:
         how = f"mpc (replan every {settings.replan_every})"
-        if settings.replan_tolerance is not None:
-            how = (
-                f"mpc (replan every {settings.replan_every} or on drift > "
-                f"{settings.replan_tolerance:g})"
-            )
     parts = [how, f"{settings.sampler} {settings.sampling_steps} steps",
              f"{settings.n_candidates} candidates", f"actions: {settings.action_mode}"]  # fmt: skip
     if settings.warm_start:

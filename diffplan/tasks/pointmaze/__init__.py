@@ -26,6 +26,9 @@ _DATASET = re.compile(r"pointmaze-(umaze|medium|large)(-dense)?")
 class PointMazeOptions:
     dense: bool = False  # dense reward exp(-distance) (and dense refs)
     multi_task: bool = False  # Multi2D: a random goal cell per episode
+    # Within this distance of the goal the plan holds the goal from its next step on
+    # (`Goal(hold_within=...)`); null: plans keep the first plan's arrival time only.
+    goal_hold: float | None = None
 
 
 class PointMazeTask(Task):
@@ -43,6 +46,11 @@ class PointMazeTask(Task):
         if env not in MAZES:
             raise ConfigError(f"unknown maze '{env}'; choose one of {', '.join(MAZES)}")
         super().__init__(env, options, max_episode_steps)
+        hold = self.options.goal_hold
+        if hold is not None and not (isinstance(hold, int | float) and 0 < hold < float("inf")):
+            raise ConfigError(
+                f"task.options.goal_hold must be a distance > 0 or null, got {hold!r}"
+            )
 
     @classmethod
     def claims(cls, name: str) -> str | None:
@@ -137,6 +145,7 @@ class PointMazeTask(Task):
                 zero_velocity=True,
                 velocity_dims=(2, 3),
                 arrival="first-plan",
+                hold_within=self.options.goal_hold,
                 check=MazeGrid.from_name(self.env).check_goal,
             )
         ]
