@@ -88,6 +88,7 @@ RECIPES = [
     Recipe("DDIM 5, value ranking, N=16 (B6 fast-rank)", "ddim", 5, 16, "value-ranking"),
     Recipe("warm start at T/4, DDIM 3, ranking, N=64", "ddim", 3, 64, "value-ranking", 0.25),
     Recipe("warm start at T/4, DDIM 3, ranking, N=16", "ddim", 3, 16, "value-ranking", 0.25),
+    Recipe("warm start at T/4, DDIM 2, ranking, N=8", "ddim", 2, 8, "value-ranking", 0.25),
     Recipe("warm start at T/4, DDIM 1, ranking, N=4", "ddim", 1, 4, "value-ranking", 0.25),
     Recipe("goal inpainting, DDIM 16, N=16", "ddim", 16, 16, "goal"),
     # PointMaze rows hold the goal once reached and track 2 env steps ahead (README, B4).

@@ -37,6 +37,7 @@ def main() -> None:
             Goal(
                 zero_velocity=True,
                 arrival="first-plan",
+                hold_within=0.25,  # at the goal, plan to stay (README, B1)
                 check=MazeGrid.from_name("umaze").check_goal,
             )
         ],
