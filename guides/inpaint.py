@@ -165,9 +165,10 @@ class Goal(Guide):
             self.check(goal, None if positions is None else positions[min(i, len(positions) - 1)])
 
     def inpaint(self, ctx: GuideContext) -> Inpainting:
-        dims, values = self.dims_for(ctx), self.target(ctx)
+        position_dims, goal = self.dims_for(ctx), self.target(ctx)
+        dims, values = list(position_dims), goal
         if self.check is not None:
-            self._check_goals(ctx, values)
+            self._check_goals(ctx, goal)
         if self.zero_velocity:
             velocity_dims = self.velocity_dims_for(ctx)
             dims += velocity_dims
@@ -186,8 +187,8 @@ class Goal(Guide):
         else:
             held = (steps == self.step % spec.horizon).expand(ctx.n_envs, -1)
         if hold:
-            position = ctx.observation[:, self.dims_for(ctx)].to(ctx.device)
-            near = (position - values[:, : len(self.dims_for(ctx))]).norm(dim=-1)
+            position = ctx.observation[:, position_dims].to(ctx.device)
+            near = (position - goal).norm(dim=-1)
             held = held | ((near <= self.hold_within)[:, None] & (steps >= 1))
         columns = torch.zeros(spec.transition_dim, dtype=torch.bool, device=ctx.device)
         columns[spec.observation_dims(dims)] = True

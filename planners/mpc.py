@@ -21,7 +21,7 @@ import torch
 from diffplan.guidance import Compose, Guide, GuideContext
 from diffplan.spec import TrajectorySpec
 from guides.inpaint import StartState
-from planners.tracking import PDTracker
+from planners.tracking import PDTracker, plan_at
 
 ACTION_MODES = ("diffused", "track", "inverse-dynamics")
 
@@ -290,13 +290,8 @@ class MPCPlanner:
         (replanning every env step on a stride-4 plan would otherwise restart from a plan up
         to 3 env steps behind the state, and the new plan lags)."""
         shift = torch.as_tensor(since / self.spec.stride, dtype=torch.float32, device=self.device)
-        last = self.spec.horizon - 1
         position = torch.arange(self.spec.horizon, device=self.device)[None] + shift[:, None]
-        low = position.floor().long().clamp(max=last)
-        high = (low + 1).clamp(max=last)
-        frac = (position - position.floor())[..., None]
-        rows = torch.arange(len(plans), device=self.device)[:, None]
-        return (1 - frac) * plans[rows, low] + frac * plans[rows, high]
+        return plan_at(plans, position)
 
     def act(self, observation, goal=None, env_indices=None) -> np.ndarray:
         """The action for each env, (act_dim,) or (R, act_dim), env units.

@@ -12,6 +12,17 @@ from dataclasses import dataclass
 import torch
 
 
+def plan_at(plans: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Plans (E, H, D) read at fractional planned steps `position` (E,) or (E, K), linearly
+    interpolated between planned steps and held at the last one -> (E, D) or (E, K, D)."""
+    last = plans.shape[1] - 1
+    low = position.floor().long().clamp(0, last)
+    high = (low + 1).clamp(max=last)
+    frac = (position - low.float()).clamp(0, 1)[..., None]
+    rows = torch.arange(len(plans), device=plans.device).view(-1, *[1] * (position.dim() - 1))
+    return (1 - frac) * plans[rows, low] + frac * plans[rows, high]
+
+
 @dataclass
 class PDTracker:
     """action = kp * (planned_pos - pos) + kd * (planned_vel - vel), clipped to the action box.
@@ -38,11 +49,7 @@ class PDTracker:
         """
         horizon = plan_obs.shape[1]
         position = (offset.float() + self.lookahead) / stride
-        low = position.floor().long().clamp(max=horizon - 1)
-        high = (low + 1).clamp(max=horizon - 1)
-        frac = (position - low.float()).clamp(0, 1)[:, None]
-        rows = torch.arange(len(plan_obs))
-        target = (1 - frac) * plan_obs[rows, low] + frac * plan_obs[rows, high]
+        target = plan_at(plan_obs, position)
         held = plan_obs[:, -1].clone()
         held[:, list(self.velocity_dims or [])] = 0.0
         return torch.where((position >= horizon - 1)[:, None], held, target)
