@@ -55,6 +55,15 @@ SIZES = [
         (1, 2, 4),
         20,
     ),
+    # Diffuser's locomotion trajectory size (obs 17, act 6, H 32) with the B6 network.
+    Size(
+        "walker2d (configs/b6-walker2d-medium.yaml)",
+        ("locomotion", "walker2d"),
+        TrajectorySpec(17, 6, 32),
+        32,
+        (1, 2, 4),
+        20,
+    ),
     Size(
         "pointmaze (configs/pointmaze-umaze.yaml)",
         ("pointmaze", "umaze"),

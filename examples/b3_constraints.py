@@ -73,6 +73,16 @@ DISKS: dict[str, list[Disk]] = {
         Disk("block_3_3", (3, 3), 0.5, why="closes the top corridor (8/25 routes): detour"),
         Disk("corner_4_6_wide", (4, 6), 0.45, why="same corner, radius 0.45: only a tight pass"),
     ],
+    # Large (goal cell (7,9)). BFS routes from the 43 other free cells cross (7,8): 43,
+    # (6,8): 42, (5,8): 41, (5,7): 29, (5,6): 28, ... (3,3): 10. (7,8) touches the goal region,
+    # so the first disk sits one cell back, in the 1-wide vertical corridor (6,8) (r=0.3 leaves
+    # a 0.1 pass on each side). A r=0.5 disk at (3,3) closes the row-3 corridor; routes from the
+    # left then go round through the top row (2,1)-(1,1..4)-(2,4).
+    "large": [
+        Disk("corridor_6_8", (6, 8), 0.3, why="1-wide corridor before the goal; 42/43 routes"),
+        Disk("corner_5_6", (5, 6), 0.3, why="corner into the bottom corridor; 28/43 routes"),
+        Disk("block_3_3", (3, 3), 0.5, why="closes the row-3 corridor (10/43 routes): detour"),
+    ],
     # Development only (U-Maze is a single corridor: disks must leave a pass).
     "umaze": [
         Disk("corner_1_3", (1, 3), 0.3, why="corner of the corridor; most routes"),
@@ -257,7 +267,7 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
         action_mode="track",
         seed=args.seed,
     )
-    task = PointMazeTask(maze)
+    task = PointMazeTask(maze, {"goal_hold": args.goal_hold})
     if args.step_limit is not None:
         from diffplan.checkpoint import load_checkpoint
         from guides import StepLimit
@@ -410,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
         help="segment-aware cost (the path between planned states counts); README's table was "
         "measured without it (states only)",
     )
+    parser.add_argument(
+        "--goal-hold",
+        type=float,
+        default=None,
+        metavar="R",
+        help="hold the goal once within R of it (B1's task.options.goal_hold)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="planner sampling seed")
     parser.add_argument("--json", type=Path, help="write results here (e.g. runs/b3/medium.json)")
     parser.add_argument("--paths", type=Path, help="npz of executed paths (default: next to json)")
@@ -454,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
             "grad_clip",
             "guide_steps",
             "margin",
+            "step_limit",
+            "segments",
+            "goal_hold",
             "seed",
         )
     }

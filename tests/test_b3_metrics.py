@@ -48,10 +48,11 @@ def test_path_disk_metrics_all_start_inside_and_bad_shape():
         b3.path_disk_metrics([], (0.0, 0.0), 1.0)
 
 
-def test_medium_disks_are_valid_and_a_corridor_block_is_not():
-    for disk in b3.DISKS["medium"]:
-        check = b3.check_disk("medium", disk.center("medium"), disk.radius)
-        assert check["ok"], (disk, check)
+def test_shipped_disks_are_valid_and_a_corridor_block_is_not():
+    for maze in ("medium", "large"):
+        for disk in b3.DISKS[maze]:
+            check = b3.check_disk(maze, disk.center(maze), disk.radius)
+            assert check["ok"], (maze, disk, check)
     # Closing the final corridor (5,6) cuts every start off the goal and touches the goal area.
     bad = b3.check_disk("medium", (2.5, -1.5), 0.45)
     assert not bad["ok"] and not bad["goal_clear"] and len(bad["start_cells_unreachable"]) > 20
