@@ -1,6 +1,9 @@
 """Data path: Episodes validation, Minari and D4RL loaders, training windows."""
 
 import os
+import shutil
+import subprocess
+import sys
 import time
 
 import h5py
@@ -188,6 +191,33 @@ def test_load_minari_by_id_and_path(minari_root, monkeypatch):
     np.testing.assert_array_equal(by_path.observations, eps.observations)
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
     assert load_minari("diffplan/pointmaze-test").n_steps == 8
+
+
+def test_dataset_locked_by_a_writer_is_a_one_line_error(minari_root, tmp_path):
+    # Another process holds the HDF5 file open for writing, as `diffplan data` does while it
+    # writes: the load names the lock, not an h5py traceback.
+    ds = tmp_path / "locked"
+    shutil.copytree(minari_root / "diffplan" / "pointmaze-test-v0", ds)
+    (h5,) = ds.rglob("*.hdf5")
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import h5py, sys, time; f = h5py.File({str(h5)!r}, 'a'); "
+            "print('open', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        with pytest.raises(DatasetError, match="locked by another process") as info:
+            load_minari(ds, cache=False)
+        assert "\n" not in str(info.value)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert load_minari(ds, cache=False).n_steps == 8  # released: it loads
 
 
 def test_missing_minari_dataset_fails_fast(tmp_path, monkeypatch):

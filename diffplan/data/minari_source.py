@@ -258,7 +258,14 @@ def load_minari(
                 episodes = load_cached(entry, key, {"path": str(data_path)})
                 if episodes is not None:
                     return episodes
-    episodes = _read_minari(data_path, info_keys, goal_info_key, progress, reader)
+    try:
+        episodes = _read_minari(data_path, info_keys, goal_info_key, progress, reader)
+    except BlockingIOError as e:  # HDF5 file locking: a writer (or a crashed one) holds it
+        raise DatasetError(
+            f"the Minari dataset at {data_path} is locked by another process (is it still being "
+            f"written?); load it once that process ends (a stale lock from a killed writer: "
+            f"HDF5_USE_FILE_LOCKING=FALSE)"
+        ) from e
     if entries and _cache_key(data_path, info_keys, goal_info_key) == key:
         _write_cache(entries, key, episodes)  # (not when the files changed while being read)
     return episodes
