@@ -100,13 +100,13 @@ RECIPES = [
     Recipe("warm start at T/4, DDIM 2, ranking, N=8", "ddim", 2, 8, "value-ranking", 0.25),
     Recipe("warm start at T/4, DDIM 1, ranking, N=4", "ddim", 1, 4, "value-ranking", 0.25),
     Recipe("goal inpainting, DDIM 16, N=16", "ddim", 16, 16, "goal"),
-    # PointMaze rows hold the goal once reached and track 2 env steps ahead (README, B4).
-    Recipe("goal, warm start T/4, DDIM 3, N=16", "ddim", 3, 16, "goal", 0.25, 1, 2, 0.25),
-    Recipe("goal, warm start T/4, DDIM 2, N=1", "ddim", 2, 1, "goal", 0.25, 1, 2, 0.25),
+    # PointMaze rows hold the goal once reached and track 16 env steps ahead (README, B1).
+    Recipe("goal, warm start T/4, DDIM 3, N=16", "ddim", 3, 16, "goal", 0.25, 1, 16, 0.25),
+    Recipe("goal, warm start T/4, DDIM 2, N=1", "ddim", 2, 1, "goal", 0.25, 1, 16, 0.25),
     # Plan reuse (B1's MPC protocol): a new plan every 16 env steps, tracked in between.
-    Recipe("plan reuse: goal, every 16, DDIM 16, N=16", "ddim", 16, 16, "goal", None, 16, 1, 0.25),
-    Recipe("plan reuse: goal, every 16, DDIM 8, N=16", "ddim", 8, 16, "goal", None, 16, 1, 0.25),
-    Recipe("plan reuse: goal, every 16, DDIM 4, N=16", "ddim", 4, 16, "goal", None, 16, 1, 0.25),
+    Recipe("plan reuse: goal, every 16, DDIM 16, N=16", "ddim", 16, 16, "goal", None, 16, 16, 0.25),
+    Recipe("plan reuse: goal, every 16, DDIM 8, N=16", "ddim", 8, 16, "goal", None, 16, 16, 0.25),
+    Recipe("plan reuse: goal, every 16, DDIM 4, N=16", "ddim", 4, 16, "goal", None, 16, 16, 0.25),
     # B3's guide with three keep-out disks: their gradients share one backward pass through
     # the denoiser; grad_clip makes each constraint take its own (the old way), for comparison.
     Recipe("goal + 3 keep-out disks, DDIM 10, N=16", "ddim", 10, 16, "goal+3-disks"),

@@ -265,6 +265,7 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
         sampling_steps=args.sampling_steps,
         replan_every=args.replan_every,
         action_mode="track",
+        lookahead=args.lookahead,
         seed=args.seed,
     )
     task = PointMazeTask(maze, {"goal_hold": args.goal_hold})
@@ -427,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="R",
         help="hold the goal once within R of it (B1's task.options.goal_hold)",
     )
+    parser.add_argument(
+        "--lookahead", type=int, default=1, help="the PD tracker aims this many env steps ahead"
+    )
     parser.add_argument("--seed", type=int, default=0, help="planner sampling seed")
     parser.add_argument("--json", type=Path, help="write results here (e.g. runs/b3/medium.json)")
     parser.add_argument("--paths", type=Path, help="npz of executed paths (default: next to json)")
@@ -474,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             "step_limit",
             "segments",
             "goal_hold",
+            "lookahead",
             "seed",
         )
     }

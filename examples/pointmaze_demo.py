@@ -59,11 +59,14 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = train(config, out)
 
     print(f"[3/3] evaluating {args.episodes} episodes on the U-Maze evaluation env (B1)")
-    # MPC: replan every 16 env steps, 16 candidates, DDIM 16 steps, PD tracking of the plan.
-    settings = PlanConfig(mode="mpc", replan_every=16, sampling_steps=16, action_mode="track")
+    # MPC: replan every 16 env steps, 16 candidates, DDIM 16 steps, PD tracking of the plan
+    # 16 env steps ahead; once within 0.25 of the goal, plans hold it (README, B1).
+    settings = PlanConfig(
+        mode="mpc", replan_every=16, sampling_steps=16, action_mode="track", lookahead=16
+    )
     result = evaluate_checkpoint(
         checkpoint,
-        PointMazeTask("umaze"),
+        PointMazeTask("umaze", {"goal_hold": 0.25}),
         episodes=args.episodes,
         n_envs=args.episodes,
         settings=settings,

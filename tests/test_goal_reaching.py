@@ -108,7 +108,7 @@ def test_bench_plan_shows_the_score_evaluate_reached_with_the_same_settings(chec
                  "--json", str(out), "--no-progress", "plan.mode=mpc", "plan.replan_every=1",
                  "plan.warm_start=true", "plan.warm_start_t=16", "plan.sampler=ddim",
                  "plan.sampling_steps=2", "plan.n_candidates=1", "plan.action_mode=track",
-                 "plan.lookahead=2", "task.options.goal_hold=0.25",
+                 "plan.lookahead=16", "task.options.goal_hold=0.25",
                  "task.max_episode_steps=10"])  # fmt: skip
     assert code == 0
     results = read_scores(tmp_path / "b4")
