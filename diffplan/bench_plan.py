@@ -103,6 +103,7 @@ RECIPES = [
     # PointMaze rows hold the goal once reached and track 16 env steps ahead (README, B1).
     Recipe("goal, warm start T/4, DDIM 3, N=16", "ddim", 3, 16, "goal", 0.25, 1, 16, 0.25),
     Recipe("goal, warm start T/4, DDIM 2, N=1", "ddim", 2, 1, "goal", 0.25, 1, 16, 0.25),
+    Recipe("goal, warm start T/4, DDIM 1, N=1", "ddim", 1, 1, "goal", 0.25, 1, 16, 0.25),
     # Plan reuse (B1's MPC protocol): a new plan every 16 env steps, tracked in between.
     Recipe("plan reuse: goal, every 16, DDIM 16, N=16", "ddim", 16, 16, "goal", None, 16, 16, 0.25),
     Recipe("plan reuse: goal, every 16, DDIM 8, N=16", "ddim", 8, 16, "goal", None, 16, 16, 0.25),

@@ -123,7 +123,10 @@ class PlanConfig:
     # closest (mean position error 0.06, against 0.10 for the data controller's 10 / 1).
     kp: float = 20.0
     kd: float = 2.0
-    lookahead: int = 1
+    lookahead: int = 1  # the PD tracker aims this many env steps ahead on the plan
+    # ...fewer where the straight line there leaves the plan by more than this (env units; a
+    # far lookahead otherwise cuts the plan's bends, e.g. through a keep-out disk); null: off
+    bend_tolerance: float | None = None
     seed: int = 0
     # The state layout: observation dims that are positions / velocities (goal guides and the
     # PD tracker use them); null: taken from the task (PointMaze: [0, 1] / [2, 3]).
@@ -413,6 +416,9 @@ def validate_config(config: Config, source: str | _Sources = "the config") -> No
         ("plan.replan_every", p.replan_every >= 0, ">= 0 (0: plan once per episode)"),
         ("plan.kp", finite(p.kp, 0.0), ">= 0"),
         ("plan.kd", finite(p.kd, 0.0), ">= 0"),
+        ("plan.lookahead", p.lookahead >= 1, ">= 1 env step"),
+        ("plan.bend_tolerance", p.bend_tolerance is None or finite(p.bend_tolerance, 0.0),
+         "null or a distance >= 0"),
     ]  # fmt: skip
     for key, ok, requirement in rules:
         if not ok:

@@ -266,6 +266,7 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
         replan_every=args.replan_every,
         action_mode="track",
         lookahead=args.lookahead,
+        bend_tolerance=args.bend_tolerance,
         seed=args.seed,
     )
     task = PointMazeTask(maze, {"goal_hold": args.goal_hold})
@@ -431,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lookahead", type=int, default=1, help="the PD tracker aims this many env steps ahead"
     )
+    parser.add_argument(
+        "--bend-tolerance",
+        type=float,
+        default=None,
+        help="the tracker's lookahead shortens where the plan bends more than this",
+    )
     parser.add_argument("--seed", type=int, default=0, help="planner sampling seed")
     parser.add_argument("--json", type=Path, help="write results here (e.g. runs/b3/medium.json)")
     parser.add_argument("--paths", type=Path, help="npz of executed paths (default: next to json)")
@@ -479,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             "segments",
             "goal_hold",
             "lookahead",
+            "bend_tolerance",
             "seed",
         )
     }

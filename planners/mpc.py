@@ -48,7 +48,9 @@ def planner_arguments(plan) -> dict:
         "warm_start_t": plan.warm_start_t,
         "action_mode": plan.action_mode,
         "replan_every": 0 if plan.mode == "open-loop" else plan.replan_every,
-        "tracker": PDTracker(kp=plan.kp, kd=plan.kd, lookahead=plan.lookahead),
+        "tracker": PDTracker(
+            kp=plan.kp, kd=plan.kd, lookahead=plan.lookahead, bend_tolerance=plan.bend_tolerance
+        ),
         "seed": plan.seed,
         "position_dims": plan.position_dims,
         "velocity_dims": plan.velocity_dims,

@@ -40,19 +40,65 @@ class PDTracker:
     lookahead: int = 1
     action_low: float | None = -1.0
     action_high: float | None = 1.0
+    # Aiming far ahead drives the straight line to that point, which cuts the plan's bends
+    # (through a keep-out disk the plan went round, or into a wall). With a tolerance (env
+    # units), the tracker aims at the furthest point, at most `lookahead` env steps ahead, whose
+    # straight line from the current position passes within it of every planned position on
+    # the way; None: always `lookahead`.
+    bend_tolerance: float | None = None
 
-    def target(self, plan_obs: torch.Tensor, offset: torch.Tensor, stride: int) -> torch.Tensor:
-        """Planned state `lookahead` env steps after `offset`, interpolated between planned steps.
+    def __post_init__(self) -> None:
+        if self.lookahead < 1:
+            raise ValueError(f"PDTracker lookahead must be >= 1 env step, got {self.lookahead}")
+        if self.bend_tolerance is not None and not self.bend_tolerance >= 0:
+            raise ValueError(f"PDTracker bend_tolerance must be >= 0, got {self.bend_tolerance}")
 
-        plan_obs: (E, H, obs_dim) env units; offset: (E,) env steps since the plan was made.
-        Past the plan's end the last planned position is held at rest.
+    def steps_ahead(
+        self, plan_obs: torch.Tensor, offset: torch.Tensor, stride: int, position: torch.Tensor
+    ) -> torch.Tensor:
+        """(E,) env steps ahead to aim at: `lookahead`, shortened where the plan bends (the
+        longest prefix of 1..lookahead whose chords from `position` stay within tolerance)."""
+        n = self.lookahead
+        if self.bend_tolerance is None or n == 1:
+            return torch.full_like(offset, n, dtype=torch.float32)
+        ks = torch.arange(1, n + 1, device=plan_obs.device, dtype=torch.float32)
+        way = plan_at(plan_obs, (offset.float()[:, None] + ks) / stride)  # (E, n, obs)
+        way = way[..., list(self.position_dims)]  # (E, n, P)
+        a = position[:, None, None, :]  # the ball
+        b = way[:, :, None, :]  # chord ends, one per k
+        p = way[:, None, :, :]  # planned positions j on the way
+        ab = b - a
+        t = (((p - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp(min=1e-12)).clamp(0, 1)
+        off_chord = (p - (a + t[..., None] * ab)).norm(dim=-1)  # (E, k, j)
+        before = torch.ones(n, n, dtype=torch.bool, device=plan_obs.device).tril(-1)  # j < k
+        worst = torch.where(before, off_chord, torch.zeros_like(off_chord)).amax(-1)  # (E, k)
+        ok = (worst <= self.bend_tolerance).to(torch.int64).cumprod(-1)
+        return ok.sum(-1).clamp(min=1).to(torch.float32)
+
+    def target(
+        self,
+        plan_obs: torch.Tensor,
+        offset: torch.Tensor,
+        stride: int,
+        position: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Planned state `lookahead` env steps after `offset` (fewer where the plan bends, given
+        the current `position` and a `bend_tolerance`), interpolated between planned steps.
+
+        plan_obs: (E, H, obs_dim) env units; offset: (E,) env steps since the plan was made;
+        position: (E, len(position_dims)). Past the plan's end the last planned position is
+        held at rest.
         """
         horizon = plan_obs.shape[1]
-        position = (offset.float() + self.lookahead) / stride
-        target = plan_at(plan_obs, position)
+        if position is None:
+            ahead = torch.full_like(offset, self.lookahead, dtype=torch.float32)
+        else:
+            ahead = self.steps_ahead(plan_obs, offset, stride, position)
+        at = (offset.float() + ahead) / stride  # fractional planned step
+        target = plan_at(plan_obs, at)
         held = plan_obs[:, -1].clone()
         held[:, list(self.velocity_dims or [])] = 0.0
-        return torch.where((position >= horizon - 1)[:, None], held, target)
+        return torch.where((at >= horizon - 1)[:, None], held, target)
 
     def __call__(
         self, plan_obs: torch.Tensor, observation: torch.Tensor, offset: torch.Tensor, stride: int
@@ -63,8 +109,8 @@ class PDTracker:
                 "PDTracker needs position_dims and velocity_dims (pass them, or plan from a "
                 "checkpoint whose plan section or task names them)"
             )
-        target = self.target(plan_obs, offset, stride)
         pos, vel = list(self.position_dims), list(self.velocity_dims)
+        target = self.target(plan_obs, offset, stride, observation[:, pos])
         action = self.kp * (target[:, pos] - observation[:, pos]) + self.kd * (
             target[:, vel] - observation[:, vel]
         )

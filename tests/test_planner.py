@@ -174,6 +174,44 @@ def test_pd_tracker_interpolates_and_holds():
     assert torch.allclose(action, torch.tensor([[2.0 * 3.0, 0.0]]))
 
 
+def _track_arc(tracker: PDTracker) -> tuple[float, float]:
+    """Track an arc round a keep-out disk of radius 0.5 on a point mass: (closest distance to
+    the disk's centre, final distance to the arc's end)."""
+    stride, horizon, dt = 4, 12, 0.1
+    angles = torch.linspace(math.pi, 0.0, horizon)
+    pos = 0.65 * torch.stack([angles.cos(), angles.sin()], -1)
+    vel = torch.zeros_like(pos)
+    vel[:-1] = (pos[1:] - pos[:-1]) / (stride * dt)
+    plan = torch.cat([pos, vel], -1)[None]
+    p, v, closest = pos[0].clone(), vel[0].clone(), math.inf
+    for k in range((horizon - 1) * stride + 10):
+        a = tracker(plan, torch.cat([p, v])[None], torch.tensor([k]), stride)[0]
+        v = v + dt * a  # semi-implicit Euler point mass
+        p = p + dt * v
+        closest = min(closest, p.norm().item())
+    return closest, (p - pos[-1]).norm().item()
+
+
+def test_far_lookahead_cuts_the_bend_unless_it_shortens_there():
+    """Aiming 16 env steps ahead drives the chord of the arc, into the disk the plan goes
+    round; with a bend tolerance the lookahead shortens in the bend and the path stays out."""
+    far = PDTracker([0, 1], [2, 3], lookahead=16, action_low=None, action_high=None)
+    closest, _ = _track_arc(far)
+    assert closest < 0.5
+    bend_aware = PDTracker(
+        [0, 1], [2, 3], lookahead=16, bend_tolerance=0.05, action_low=None, action_high=None
+    )
+    closest, miss = _track_arc(bend_aware)
+    assert closest > 0.5 and miss < 0.1
+    # On a straight plan nothing bends: the full lookahead is kept.
+    line = torch.zeros(1, 8, 4)
+    line[0, :, 0] = torch.arange(8.0)
+    ahead = bend_aware.steps_ahead(line, torch.tensor([0]), 4, torch.zeros(1, 2))
+    assert ahead.item() == 16
+    with pytest.raises(ValueError, match="lookahead"):
+        PDTracker(lookahead=0)
+
+
 def test_tracked_path_around_a_disk_stays_out():
     """A strided plan that goes around a keep-out disk (its states and the segments between
     them outside, as the segment-aware cost asks) is followed by the PD tracker (default
