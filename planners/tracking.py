@@ -54,16 +54,20 @@ class PDTracker:
             raise ValueError(f"PDTracker bend_tolerance must be >= 0, got {self.bend_tolerance}")
 
     def steps_ahead(
-        self, plan_obs: torch.Tensor, offset: torch.Tensor, stride: int, position: torch.Tensor
+        self,
+        plan_obs: torch.Tensor,
+        offset: torch.Tensor,
+        stride: int,
+        position: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(E,) env steps ahead to aim at: `lookahead`, shortened where the plan bends (the
         longest prefix of 1..lookahead whose chords from `position` stay within tolerance)."""
         n = self.lookahead
-        if self.bend_tolerance is None or n == 1:
+        if self.bend_tolerance is None or n == 1 or position is None:
             return torch.full_like(offset, n, dtype=torch.float32)
         ks = torch.arange(1, n + 1, device=plan_obs.device, dtype=torch.float32)
-        way = plan_at(plan_obs, (offset.float()[:, None] + ks) / stride)  # (E, n, obs)
-        way = way[..., list(self.position_dims)]  # (E, n, P)
+        planned = plan_obs[..., list(self.position_dims)]  # (E, H, P): only positions bend
+        way = plan_at(planned, (offset.float()[:, None] + ks) / stride)  # (E, n, P)
         a = position[:, None, None, :]  # the ball
         b = way[:, :, None, :]  # chord ends, one per k
         p = way[:, None, :, :]  # planned positions j on the way
@@ -90,10 +94,7 @@ class PDTracker:
         held at rest.
         """
         horizon = plan_obs.shape[1]
-        if position is None:
-            ahead = torch.full_like(offset, self.lookahead, dtype=torch.float32)
-        else:
-            ahead = self.steps_ahead(plan_obs, offset, stride, position)
+        ahead = self.steps_ahead(plan_obs, offset, stride, position)
         at = (offset.float() + ahead) / stride  # fractional planned step
         target = plan_at(plan_obs, at)
         held = plan_obs[:, -1].clone()
