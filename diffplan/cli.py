@@ -634,6 +634,57 @@ def cmd_train_value(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train-state-model
+
+
+def add_train_state_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the diffusion model's checkpoint")
+    p.add_argument(
+        "--kind",
+        required=True,
+        choices=("reward", "start-return"),
+        help="reward: r(s') of arriving at a state (guides.HoldAtBest); start-return: an upper "
+        "expectile of the window return from a state (a start-dependent return target)",
+    )
+    p.add_argument("--out", required=True, help="file to write (e.g. RUN/reward.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--expectile", type=float, default=None, help="default: 0.5 reward, 0.9 return")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: half the cores)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_train_state_model(args: argparse.Namespace) -> int:
+    from diffplan.preflight import check_value_paths
+
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise DiffplanError(f"{flag} must be >= 1, got {value}")
+    check_value_paths(args.checkpoint, args.out, args.overwrite)  # before any training
+
+    from diffplan.distributed import set_cpu_threads
+    from diffplan.state_models import train_state_model
+
+    set_cpu_threads(args.threads)
+    path = train_state_model(
+        args.checkpoint,
+        args.out,
+        kind=args.kind,
+        expectile=args.expectile,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    print(f"{args.kind} model: {path}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- train-inverse
 
 
@@ -755,6 +806,12 @@ SUBCOMMANDS: list[Subcommand] = [
     ),
     Subcommand(
         "train-value", "train a value network for guidance", add_train_value_args, cmd_train_value
+    ),
+    Subcommand(
+        "train-state-model",
+        "train a reward or start-return model of one state (goal-untold planning)",
+        add_train_state_model_args,
+        cmd_train_state_model,
     ),
     Subcommand(
         "train-inverse",

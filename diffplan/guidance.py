@@ -9,6 +9,8 @@ A guide implements any subset of these hooks (all optional; the defaults do noth
                                                        that are not an objective's gradient
     model_inputs(ctx)     -> ModelInputs               condition the denoiser (e.g. a return)
     score(plans, ctx)     -> (B,) tensor               rank finished plans (env units; higher wins)
+    finalize(plans, ctx)  -> (E, H, D) tensor          edit the chosen plans before they run
+                                                       (env units; e.g. stop at their best state)
 
 Guides that give an `objective` share ONE backward pass when composed: their objectives are
 summed (and the denoiser's estimate x0_hat(x_t), `ctx.denoise`, is computed once for all of
@@ -153,6 +155,11 @@ class Guide:
     def score(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor | None:
         return None
 
+    def finalize(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
+        """The chosen plans (E, H, D), env units, as they should be executed (ctx has
+        n_candidates=1). Default: unchanged."""
+        return plans
+
     def diagnostics(self, plans: torch.Tensor, ctx: GuideContext) -> dict[str, torch.Tensor]:
         """Per-plan numbers worth reporting with each decision (e.g. constraint violation)."""
         return {}
@@ -256,6 +263,11 @@ class Compose(Guide):
             if part is not None:
                 total = w * part if total is None else total + w * part
         return total
+
+    def finalize(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
+        for g in self.guides:
+            plans = g.finalize(plans, ctx)
+        return plans
 
     def diagnostics(self, plans: torch.Tensor, ctx: GuideContext) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}

@@ -17,6 +17,15 @@ Variants (--variants, comma separated):
     rc          return conditioning, CFG target 0.9 weight 1.2, one sample per env
     rc-rank     return conditioning, then best of N by V
     rc-guide    return conditioning plus value gradient (scale --value-scale), best of N by V
+Options that apply to every variant (the ablation of README B2):
+    --reward FILE       a learned reward r(s') (`diffplan train-state-model --kind reward`):
+                        each chosen plan is executed up to its best state and held there
+                        (guides.HoldAtBest, level --hold-level of the data's reward range), so a
+                        ball that found the goal stays
+    --start-return FILE the return-conditioning target becomes the data's upper expectile of
+                        the return from the current state (`--kind start-return`) instead of
+                        the fixed --target, so far starts ask for a return they can have
+    --lookahead K       the PD tracker aims K env steps ahead on the plan (B1's 16)
 Variants without ranking keep the first of N candidates, the same distribution as drawing
 one, so they sample N = 1 (4x-16x cheaper on the CPU); --full-n samples N for them too (only
 the timing changes). A value-guide variant per extra scale is added with
@@ -38,10 +47,11 @@ import numpy as np
 import torch
 
 from diffplan.checkpoint import load_checkpoint
+from diffplan.state_models import load_state_model
 from diffplan.tasks.evaluation import evaluate_policy
 from diffplan.tasks.pointmaze import PointMazeTask
 from diffplan.value_training import load_value
-from guides import ReturnConditioning, ValueGuide, ValueRanking
+from guides import HoldAtBest, ReturnConditioning, ValueGuide, ValueRanking
 from planners import MPCPlanner, PDTracker
 
 VARIANTS = ("unguided", "value-guide", "value-rank", "rc", "rc-rank", "rc-guide")
@@ -69,7 +79,12 @@ class GoallessPolicy:
         return actions
 
 
-def make_guides(variant: str, value, scale: float, target: float, weight: float) -> list:
+def make_guides(variant: str, value, scale: float, target, weight: float) -> list:
+    """The variant's guides; `target` is a float (normalized) or a start-return model."""
+    if callable(target):
+        rc = ReturnConditioning(target, weight=weight, normalized=False)
+    else:
+        rc = ReturnConditioning(target, weight=weight)
     if variant == "unguided":
         return []
     if variant.startswith("value-guide"):
@@ -77,12 +92,12 @@ def make_guides(variant: str, value, scale: float, target: float, weight: float)
     if variant == "value-rank":
         return [ValueRanking(value)]
     if variant == "rc":
-        return [ReturnConditioning(target, weight=weight)]
+        return [rc]
     if variant == "rc-rank":
-        return [ReturnConditioning(target, weight=weight), ValueRanking(value)]
+        return [rc, ValueRanking(value)]
     if variant == "rc-guide":
         guide = ValueGuide(value, scale=scale, guide_steps=2, t_stopgrad=2, scale_grad_by_std=True)
-        return [ReturnConditioning(target, weight=weight), guide]
+        return [rc, guide]
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
@@ -102,6 +117,10 @@ def main() -> None:
     parser.add_argument("--sampling-steps", type=int, default=10)
     parser.add_argument("--replan-every", type=int, default=16)
     parser.add_argument("--warm-start", action="store_true")
+    parser.add_argument("--reward", help="reward model: hold each plan at its best state")
+    parser.add_argument("--hold-level", type=float, default=0.8, help="of the reward range")
+    parser.add_argument("--start-return", help="start-return model: start-dependent RC target")
+    parser.add_argument("--lookahead", type=int, default=1, help="tracker lookahead, env steps")
     parser.add_argument("--full-n", action="store_true", help="N candidates even unranked")
     parser.add_argument("--json", help="output (default runs/b2/<maze>.json)")
     parser.add_argument("--overwrite", action="store_true")
@@ -116,6 +135,10 @@ def main() -> None:
 
     loaded = load_checkpoint(args.checkpoint)
     value = load_value(args.value, loaded)
+    reward = load_state_model(args.reward, loaded, "reward") if args.reward else None
+    target = args.target
+    if args.start_return:
+        target = load_state_model(args.start_return, loaded, "start-return")
     scales = [float(s) for s in args.value_scale.split(",")]
     runs: list[tuple[str, float]] = []
     for variant in args.variants.split(","):
@@ -130,6 +153,8 @@ def main() -> None:
         "checkpoint": str(args.checkpoint),
         "checkpoint_step": loaded.step,
         "value": str(args.value),
+        "reward": args.reward,
+        "start_return": args.start_return,
         "data": loaded.config.to_dict()["data"],
         "return_range": loaded.return_range,
         "value_return_range": list(value.return_range),
@@ -145,11 +170,13 @@ def main() -> None:
                 "sampling_steps",
                 "replan_every",
                 "warm_start",
+                "hold_level",
+                "lookahead",
                 "full_n",
                 "threads",
             )
         },
-        "tracker": {"kp": 20.0, "kd": 2.0},
+        "tracker": {"kp": 20.0, "kd": 2.0, "lookahead": args.lookahead},
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "variants": {},
     }
@@ -161,14 +188,15 @@ def main() -> None:
             loaded.diffusion,
             loaded.normalizer,
             loaded.spec,
-            guide=make_guides(name, value, scale, args.target, args.weight),
+            guide=make_guides(name, value, scale, target, args.weight)
+            + ([HoldAtBest(reward, level=args.hold_level)] if reward is not None else []),
             n_candidates=n_candidates,
             sampler="ddim",
             sampling_steps=args.sampling_steps,
             warm_start=args.warm_start,
             action_mode="track",
             replan_every=args.replan_every,
-            tracker=PDTracker(kp=20.0, kd=2.0),
+            tracker=PDTracker(kp=20.0, kd=2.0, lookahead=args.lookahead),
             position_dims=[0, 1],
             velocity_dims=[2, 3],
             return_range=loaded.return_range,

@@ -15,6 +15,7 @@ from guides.constraints import (
     StateBounds,
 )
 from guides.dynamics import StepLimit
+from guides.hold import HoldAtBest
 from guides.inpaint import Goal, StartState, Waypoints
 from guides.returns import ReturnConditioning, ReturnTargetWarning
 from guides.value import ValueGuide, ValueRanking
@@ -27,6 +28,7 @@ __all__ = [
     "Goal",
     "Guide",
     "GuideContext",
+    "HoldAtBest",
     "Inpainting",
     "KeepOutBox",
     "KeepOutDisk",

@@ -24,7 +24,10 @@ class ReturnTargetWarning(UserWarning):
 class ReturnConditioning(Guide):
     """Condition the denoiser on a target return.
 
-    target: a float, or one per environment (E,). With normalized=True (default) it is on
+    target: a float, one per environment (E,), or a function of the current observations
+        (E, obs_dim) env units -> (E,) (a start-dependent target, e.g. the data's upper
+        expectile of the return from here: `diffplan.state_models`, kind "start-return",
+        which gives return units: use normalized=False). With normalized=True (default) it is on
         the [0, 1] scale of the data's return range (0 = worst window, 1 = best; Decision
         Diffuser uses 0.9); with normalized=False it is in return units (discounted
         return-to-go, the trainer's discount) and is converted with ctx.return_range.
@@ -42,7 +45,11 @@ class ReturnConditioning(Guide):
         weight: float = 1.2,
         normalized: bool = True,
     ):
-        self.target = torch.as_tensor(target, dtype=torch.float32).reshape(-1)
+        self.target_fn = target if callable(target) else None
+        if self.target_fn is None:
+            self.target = torch.as_tensor(target, dtype=torch.float32).reshape(-1)
+        else:
+            self.target = torch.zeros(1)  # replaced at each plan by target_fn(observation)
         if not torch.isfinite(self.target).all():
             raise ValueError(f"ReturnConditioning target must be finite, got {target}")
         if not math.isfinite(weight):
@@ -52,6 +59,13 @@ class ReturnConditioning(Guide):
 
     def normalized_target(self, ctx: GuideContext) -> torch.Tensor:
         """(E,) targets on the model's [0, 1] conditioning scale."""
+        if self.target_fn is not None:
+            if ctx.observation is None:
+                raise ValueError("a start-dependent return target needs the current observation")
+            with torch.no_grad():
+                self.target = self.target_fn(ctx.observation).float().reshape(-1).cpu()
+            if not torch.isfinite(self.target).all():
+                raise ValueError("the start-dependent return target gave NaN or inf")
         target = self.target.to(ctx.device)
         if len(target) not in (1, ctx.n_envs):
             raise ValueError(

@@ -73,6 +73,9 @@ class MPCPlanner:
     replan_every: env steps between plans; 0 plans once per episode (open loop).
     position_dims, velocity_dims: which observation dims are positions / velocities (goal
         guides and the tracker default to them).
+    action_filter: optional ``(observation (E, obs_dim), action (E, act_dim)) -> action``
+        applied to every executed action, env units (e.g. `planners.KeepOutBrake`, which
+        brakes before a keep-out region); its position/velocity dims default to the planner's.
 
     After each `act` call, `replanned` (R,) says which rows got a new plan this call, and
     `last_plan` holds those rows' plans in the same order.
@@ -99,6 +102,7 @@ class MPCPlanner:
         inverse_dynamics=None,
         position_dims: list[int] | None = None,
         velocity_dims: list[int] | None = None,
+        action_filter=None,
     ):
         if action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
@@ -139,6 +143,10 @@ class MPCPlanner:
         if self.tracker.velocity_dims is None:
             self.tracker.velocity_dims = self.velocity_dims
         self.inverse_dynamics = inverse_dynamics
+        self.action_filter = action_filter
+        for name in ("position_dims", "velocity_dims"):
+            if action_filter is not None and getattr(action_filter, name, 0) is None:
+                setattr(action_filter, name, getattr(self, name))
         self.return_range = return_range
         self.replanned: np.ndarray = np.zeros(0, dtype=bool)
         self.description = "MPCPlanner"  # what was run, for result tables
@@ -270,15 +278,20 @@ class MPCPlanner:
         else:
             best_index = torch.zeros(n_envs, dtype=torch.long, device=self.device)
         rows = torch.arange(n_envs, device=self.device) * n_cand + best_index
-        best = plans[rows]
+        kept_ctx = dataclasses.replace(ctx, n_candidates=1)
+        chosen = plans[rows]
+        best = self.guide.finalize(chosen, kept_ctx)
+        best_normalized = samples.x[rows]
+        if best is not chosen:  # edited by a guide: warm starts continue from the edit
+            best_normalized = self.normalizer.normalize(best)
         # Diagnostics are per plan and reported for the kept plans only: evaluate just those
         # (a value guide's diagnostics rerun its network; on E plans rather than E * N).
-        diagnostics = self.guide.diagnostics(best, dataclasses.replace(ctx, n_candidates=1))
+        diagnostics = self.guide.diagnostics(best, kept_ctx)
         plan = Plan(
             candidates=plans.view(n_envs, n_cand, *plans.shape[1:]),
             scores=None if scores is None else scores.view(n_envs, n_cand),
             best=best,
-            best_normalized=samples.x[rows],
+            best_normalized=best_normalized,
             best_index=best_index,
             diagnostics=diagnostics,
         )
@@ -336,6 +349,8 @@ class MPCPlanner:
             actions = self.inverse_dynamics(obs, target)
         else:
             actions = self.tracker(self.spec.observations(plans), obs, offsets, self.spec.stride)
+        if self.action_filter is not None:
+            actions = self.action_filter(obs, actions)
         self._since_plan[slots] += 1
         self._episode_steps[slots] += 1
         actions = actions.detach().cpu().numpy()

@@ -34,6 +34,7 @@ from diffplan.errors import (
     DiffplanWarning,
 )
 from diffplan.spec import TrajectorySpec
+from diffplan.state_models import load_state_model, train_state_model
 from diffplan.tasks import task_for
 from diffplan.trainer import train
 from diffplan.value_training import load_value, train_value
@@ -379,6 +380,12 @@ API_CASES = [
     api("train-value-onto-an-existing-file",
         lambda t: train_value(t / "run/last.pt", t / "run/value.pt", steps=1), DiffplanError,
         "exists; pass --overwrite"),
+    api("train-state-model-onto-its-checkpoint",
+        lambda t: train_state_model(t / "run/last.pt", t / "run/last.pt", steps=1),
+        DiffplanError, "is the diffusion checkpoint"),
+    api("load-diffusion-checkpoint-as-state-model",
+        lambda t: load_state_model(t / "run/last.pt", load_checkpoint(t / "run/last.pt")),
+        CheckpointError, "is not a diffplan state model"),
     api("load-nan-checkpoint", lambda t: load_checkpoint(t / "run/nan.pt"), CheckpointError,
         r"nan\.pt holds NaN/inf", nan_checkpoint),
     api("load-nan-value", lambda t: load_value(t / "run/nan-value.pt", load_checkpoint(
