@@ -279,6 +279,19 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
         loaded = load_checkpoint(args.checkpoint)
         extra.append(StepLimit.from_checkpoint(loaded, dims=[0, 1], tolerance=args.step_limit))
     planner = build_planner(args.checkpoint, task, settings, extra_guides=extra)
+    if guided is not None and args.brake is not None:
+        from planners import KeepOutBrake
+
+        # PointMaze's dynamics, fitted on its data: v_{t+1} - v_t = 0.234 a_t per 0.01 s step.
+        planner.action_filter = KeepOutBrake(
+            [KeepOutDisk(guided.center(maze), guided.radius)],
+            accel=23.4,
+            dt=0.01,
+            brake=args.brake,
+            margin=args.brake_margin,
+            position_dims=[0, 1],
+            velocity_dims=[2, 3],
+        )
     policy = ViolationRecorder(planner)
     result = evaluate_policy(
         policy,
@@ -438,6 +451,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the tracker's lookahead shortens where the plan bends more than this",
     )
+    parser.add_argument(
+        "--brake",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="guided runs: brake before the disk (planners.KeepOutBrake, counting on SHARE of "
+        "full braking, e.g. 0.7)",
+    )
+    parser.add_argument(
+        "--brake-margin", type=float, default=0.05, help="the brake keeps this clearance"
+    )
     parser.add_argument("--seed", type=int, default=0, help="planner sampling seed")
     parser.add_argument("--json", type=Path, help="write results here (e.g. runs/b3/medium.json)")
     parser.add_argument("--paths", type=Path, help="npz of executed paths (default: next to json)")
@@ -487,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
             "goal_hold",
             "lookahead",
             "bend_tolerance",
+            "brake",
+            "brake_margin",
             "seed",
         )
     }

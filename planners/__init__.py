@@ -1,6 +1,7 @@
 """Planning loops that turn a trained trajectory model plus guides into actions."""
 
 from planners.mpc import MPCPlanner, Plan
+from planners.safety import KeepOutBrake
 from planners.tracking import PDTracker
 
-__all__ = ["MPCPlanner", "PDTracker", "Plan"]
+__all__ = ["KeepOutBrake", "MPCPlanner", "PDTracker", "Plan"]

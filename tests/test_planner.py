@@ -174,7 +174,7 @@ def test_pd_tracker_interpolates_and_holds():
     assert torch.allclose(action, torch.tensor([[2.0 * 3.0, 0.0]]))
 
 
-def _track_arc(tracker: PDTracker) -> tuple[float, float, torch.Tensor]:
+def _track_arc(tracker: PDTracker, action_filter=None) -> tuple[float, float, torch.Tensor]:
     """Track a strided plan along an arc just outside a keep-out disk of radius 0.5 (centre 0)
     on a point mass: (closest distance to the centre, final distance to the arc's end, plan)."""
     stride, horizon, dt = 4, 12, 0.1
@@ -185,7 +185,9 @@ def _track_arc(tracker: PDTracker) -> tuple[float, float, torch.Tensor]:
     plan = torch.cat([pos, vel], -1)[None]
     p, v, closest = pos[0].clone(), vel[0].clone(), math.inf
     for k in range((horizon - 1) * stride + 10):
-        a = tracker(plan, torch.cat([p, v])[None], torch.tensor([k]), stride)[0]
+        state = torch.cat([p, v])[None]
+        a = tracker(plan, state, torch.tensor([k]), stride)
+        a = (a if action_filter is None else action_filter(state, a))[0]
         v = v + dt * a  # semi-implicit Euler point mass
         p = p + dt * v
         closest = min(closest, p.norm().item())
@@ -223,6 +225,29 @@ def test_tracked_path_around_a_disk_stays_out():
     assert KeepOutDisk((0.0, 0.0), 0.5)(plan, plan).item() == 0.0
     assert closest > 0.5, f"the tracked path came {closest:.3f} from the centre (r 0.5)"
     assert miss < 0.1  # and it arrived
+
+
+def test_braking_filter_keeps_a_far_lookahead_out_of_the_disk():
+    """The 16-step lookahead cuts through the disk the plan goes round; with the braking
+    filter (the same disk, the toy's dynamics: dv = dt * a) the ball stays out and arrives."""
+    from guides import KeepOutDisk
+    from planners import KeepOutBrake
+
+    def far():
+        return PDTracker([0, 1], [2, 3], lookahead=16, action_low=-5.0, action_high=5.0)
+
+    closest, _, _ = _track_arc(far())
+    assert closest < 0.5
+    brake = KeepOutBrake([KeepOutDisk((0.0, 0.0), 0.5)], accel=1.0, dt=0.1, max_action=5.0,
+                         position_dims=[0, 1], velocity_dims=[2, 3])  # fmt: skip
+    closest, miss, _ = _track_arc(far(), brake)
+    assert closest > 0.5 and miss < 0.1
+    # Far from the disk, or moving away from it, the action passes unchanged.
+    state = torch.tensor([[3.0, 0.0, 1.0, 0.0], [0.6, 0.0, 0.5, 0.0]])
+    action = torch.tensor([[-1.0, 0.5], [-0.5, 2.0]])
+    torch.testing.assert_close(brake(state, action), action)
+    with pytest.raises(ValueError, match="brake"):
+        KeepOutBrake([], accel=1.0, dt=0.1, brake=0.0)
 
 
 def test_strided_plans_need_tracking_for_open_loop(model):
