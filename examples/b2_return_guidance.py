@@ -21,7 +21,8 @@ Options that apply to every variant (the ablation of README B2):
     --reward FILE       a learned reward r(s') (`diffplan train-state-model --kind reward`):
                         each chosen plan is executed up to its best state and held there
                         (guides.HoldAtBest, level --hold-level of the data's reward range), so a
-                        ball that found the goal stays
+                        ball that found the goal stays; --refine R moves the held position up
+                        the learned reward, at most R
     --start-return FILE the return-conditioning target becomes the data's upper expectile of
                         the return from the current state (`--kind start-return`) instead of
                         the fixed --target, so far starts ask for a return they can have
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--warm-start", action="store_true")
     parser.add_argument("--reward", help="reward model: hold each plan at its best state")
     parser.add_argument("--hold-level", type=float, default=0.8, help="of the reward range")
+    parser.add_argument("--refine", type=float, default=0.0, help="move the hold uphill, units")
     parser.add_argument("--start-return", help="start-return model: start-dependent RC target")
     parser.add_argument("--lookahead", type=int, default=1, help="tracker lookahead, env steps")
     parser.add_argument("--full-n", action="store_true", help="N candidates even unranked")
@@ -171,6 +173,7 @@ def main() -> None:
                 "replan_every",
                 "warm_start",
                 "hold_level",
+                "refine",
                 "lookahead",
                 "full_n",
                 "threads",
@@ -189,7 +192,11 @@ def main() -> None:
             loaded.normalizer,
             loaded.spec,
             guide=make_guides(name, value, scale, target, args.weight)
-            + ([HoldAtBest(reward, level=args.hold_level)] if reward is not None else []),
+            + (
+                [HoldAtBest(reward, level=args.hold_level, refine=args.refine)]
+                if reward is not None
+                else []
+            ),
             n_candidates=n_candidates,
             sampler="ddim",
             sampling_steps=args.sampling_steps,

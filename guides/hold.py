@@ -30,6 +30,10 @@ class HoldAtBest(Guide):
         lower runs unchanged, so a planner that must first move away from the goal (round a
         wall) is never stopped at its start.
     min_reward: the same threshold in reward units (overrides `level`).
+    refine: move the held position uphill on the learned reward, at most this far (env units;
+        0: off), in `refine_steps` steps: planned states are `stride` env steps apart, so the
+        best one may lie a few tenths from where the reward peaks, and a ball held there
+        forgoes that much reward at every remaining step. Needs ctx.position_dims.
 
     Held steps keep the best state's observation with its velocity dims (ctx.velocity_dims)
     set to zero; their actions are left as sampled, so use it with a planner that tracks the
@@ -41,7 +45,11 @@ class HoldAtBest(Guide):
         reward: Callable[[torch.Tensor], torch.Tensor],
         level: float = 0.8,
         min_reward: float | None = None,
+        refine: float = 0.0,
+        refine_steps: int = 20,
     ):
+        if not refine >= 0:
+            raise ValueError(f"HoldAtBest refine must be a distance >= 0, got {refine}")
         if min_reward is None:
             if not 0.0 <= level <= 1.0:
                 raise ValueError(f"HoldAtBest level must lie in [0, 1], got {level}")
@@ -54,6 +62,7 @@ class HoldAtBest(Guide):
             min_reward = lo + level * (hi - lo)
         self.reward = reward
         self.min_reward = float(min_reward)
+        self.refine, self.refine_steps = float(refine), int(refine_steps)
 
     def finalize(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
         spec = ctx.spec
@@ -69,10 +78,33 @@ class HoldAtBest(Guide):
         held = observations[torch.arange(len(plans)), best_step].clone()  # (E, obs_dim)
         if ctx.velocity_dims:
             held[:, ctx.velocity_dims] = 0.0
+        if self.refine > 0 and ctx.position_dims:
+            held = self._uphill(held, list(ctx.position_dims))
         out = plans.clone()
         out[..., spec.observation_slice] = torch.where(
             after[..., None], held[:, None, :], observations
         )
+        return out
+
+    def _uphill(self, held: torch.Tensor, dims: list[int]) -> torch.Tensor:
+        """Fixed-length steps along the reward's gradient in the position dims, kept within
+        `refine` of the start (a learned reward is only trusted near the plan)."""
+        start = held[:, dims]
+        position = start.clone()
+        index = torch.as_tensor(dims, dtype=torch.long, device=held.device)
+        n = max(self.refine_steps, 1)
+        for k in range(self.refine_steps):
+            with torch.enable_grad():
+                x = position.clone().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self.reward(held.index_copy(1, index, x)).sum(), x)
+            direction = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            # Steps shrink linearly (4 refine in all): far enough to arrive, then settle.
+            position = position + 4.0 * self.refine / n * (1 - k / n) * direction
+            moved = position - start
+            scale = (self.refine / moved.norm(dim=-1, keepdim=True).clamp(min=1e-12)).clamp(max=1)
+            position = start + moved * scale
+        out = held.clone()
+        out[:, dims] = position
         return out
 
     def diagnostics(self, plans: torch.Tensor, ctx: GuideContext) -> dict[str, torch.Tensor]:

@@ -44,10 +44,16 @@ def run(tmp_path_factory):
 
 def test_reward_pairs_skip_each_episodes_last_step():
     obs = np.arange(10, dtype=np.float32).reshape(5, 2)
-    episodes = Episodes.from_episodes([
-        {"observations": obs[:3], "actions": np.zeros((3, 1)), "rewards": np.array([1., 2., 3.])},
-        {"observations": obs[3:], "actions": np.zeros((2, 1)), "rewards": np.array([4., 5.])},
-    ])
+    episodes = Episodes.from_episodes(
+        [
+            {
+                "observations": obs[:3],
+                "actions": np.zeros((3, 1)),
+                "rewards": np.array([1.0, 2.0, 3.0]),
+            },
+            {"observations": obs[3:], "actions": np.zeros((2, 1)), "rewards": np.array([4.0, 5.0])},
+        ]
+    )
     states, rewards = training_pairs("reward", episodes, None)
     # Row t's reward goes with row t+1's observation, never across the episode boundary.
     np.testing.assert_array_equal(states, obs[[1, 2, 4]])
@@ -125,22 +131,52 @@ def test_hold_at_best_stops_at_the_peak_and_leaves_low_plans_alone():
         HoldAtBest(lambda obs: obs[..., 0])
 
 
+def test_hold_refines_the_held_position_uphill_within_its_radius():
+    spec = TrajectorySpec(obs_dim=2, act_dim=1, horizon=4)  # obs = (x, vx)
+
+    # Planned states 1 apart: the best one (x = 3) is 0.4 short of the peak at 3.4.
+    def reward(obs):
+        return torch.exp(-(obs[..., 0] - 3.4).abs())
+
+    reward.target_range = (0.0, 1.0)
+    plan = torch.stack([torch.zeros(4), torch.arange(1.0, 5.0), torch.ones(4)], -1)[None]
+    ctx = GuideContext(spec=spec, normalizer=None, n_envs=1, position_dims=[0],
+                       velocity_dims=[1])  # fmt: skip
+    near = HoldAtBest(reward, level=0.5, refine=0.5).finalize(plan, ctx)
+    assert near[0, 3, 1].item() == pytest.approx(3.4, abs=0.03)  # reaches the peak
+    short = HoldAtBest(reward, level=0.5, refine=0.2).finalize(plan, ctx)
+    assert short[0, 3, 1].item() == pytest.approx(3.2, abs=1e-4)  # no further than allowed
+    assert short[0, 2, 1].item() == 3.0  # the best planned state itself is kept
+
+
 def test_planner_executes_and_warm_starts_from_the_held_plan(run):
     loaded, models, _ = run
-    planner = MPCPlanner(loaded.diffusion, loaded.normalizer, loaded.spec, n_candidates=4,
-                         guide=HoldAtBest(models["reward"], min_reward=-1.0),  # always hold
-                         sampling_steps=5, replan_every=1, warm_start=True)
+    planner = MPCPlanner(
+        loaded.diffusion,
+        loaded.normalizer,
+        loaded.spec,
+        n_candidates=4,
+        guide=HoldAtBest(models["reward"], min_reward=-1.0),  # always hold
+        sampling_steps=5,
+        replan_every=1,
+        warm_start=True,
+    )
     plan = planner.plan(torch.zeros(3, 2))
     obs = loaded.spec.observations(plan.best)
     peak = models["reward"](obs).argmax(dim=1)
     for e in range(3):
-        assert torch.allclose(obs[e, peak[e]:], obs[e, peak[e]].expand_as(obs[e, peak[e]:]))
+        assert torch.allclose(obs[e, peak[e] :], obs[e, peak[e]].expand_as(obs[e, peak[e] :]))
     torch.testing.assert_close(loaded.normalizer.unnormalize(plan.best_normalized), plan.best)
 
 
 def test_start_dependent_return_target_follows_the_observation():
     spec = TrajectorySpec(obs_dim=2, act_dim=1, horizon=4)
     rc = ReturnConditioning(lambda obs: 5.0 * obs[:, 0], normalized=False)
-    ctx = GuideContext(spec=spec, normalizer=None, n_envs=2, return_range=(0.0, 10.0),
-                       observation=torch.tensor([[1.0, 0.0], [1.5, 0.0]]))
+    ctx = GuideContext(
+        spec=spec,
+        normalizer=None,
+        n_envs=2,
+        return_range=(0.0, 10.0),
+        observation=torch.tensor([[1.0, 0.0], [1.5, 0.0]]),
+    )
     torch.testing.assert_close(rc.normalized_target(ctx), torch.tensor([0.5, 0.75]))
