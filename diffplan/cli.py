@@ -609,6 +609,14 @@ def add_train_value_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_value(args: argparse.Namespace) -> int:
+    return _train_for_checkpoint(args, "diffplan.value_training", "train_value", "value checkpoint")
+
+
+def _train_for_checkpoint(args, module: str, function: str, label: str, **extra) -> int:
+    """train-value and train-state-model: check the flags and paths before torch loads, pin the
+    CPU threads, train `module.function(checkpoint, out, ...)`, print where it went."""
+    import importlib
+
     from diffplan.preflight import check_value_paths
 
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
@@ -617,10 +625,10 @@ def cmd_train_value(args: argparse.Namespace) -> int:
     check_value_paths(args.checkpoint, args.out, args.overwrite)  # before any training
 
     from diffplan.distributed import set_cpu_threads
-    from diffplan.value_training import train_value
 
     set_cpu_threads(args.threads)  # torch's default (all cores) spin-waits on a busy machine
-    path = train_value(
+    train = getattr(importlib.import_module(module), function)
+    path = train(
         args.checkpoint,
         args.out,
         steps=args.steps,
@@ -629,8 +637,9 @@ def cmd_train_value(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        **extra,
     )
-    print(f"value checkpoint: {path}")
+    print(f"{label}: {path}")
     return 0
 
 
@@ -649,7 +658,9 @@ def add_train_state_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="file to write (e.g. RUN/reward.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--expectile", type=float, default=None, help="default: 0.5 reward, 0.9 return")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument(
+        "--steps", type=int, default=20000, help="a few minutes on one core; rare states need them"
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
@@ -658,31 +669,14 @@ def add_train_state_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_state_model(args: argparse.Namespace) -> int:
-    from diffplan.preflight import check_value_paths
-
-    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise DiffplanError(f"{flag} must be >= 1, got {value}")
-    check_value_paths(args.checkpoint, args.out, args.overwrite)  # before any training
-
-    from diffplan.distributed import set_cpu_threads
-    from diffplan.state_models import train_state_model
-
-    set_cpu_threads(args.threads)
-    path = train_state_model(
-        args.checkpoint,
-        args.out,
+    return _train_for_checkpoint(
+        args,
+        "diffplan.state_models",
+        "train_state_model",
+        f"{args.kind} model",
         kind=args.kind,
         expectile=args.expectile,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
     )
-    print(f"{args.kind} model: {path}")
-    return 0
 
 
 # ----------------------------------------------------------------------------- train-inverse

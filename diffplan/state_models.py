@@ -98,7 +98,7 @@ def train_state_model(
     out_path: str | os.PathLike,
     kind: str = "reward",
     expectile: float | None = None,
-    steps: int = 3000,
+    steps: int = 20000,
     batch_size: int = 256,
     lr: float = 1e-3,
     hidden: tuple[int, ...] = (128, 128),
@@ -110,7 +110,8 @@ def train_state_model(
     """Fit a `kind` model on the data of the model in `diffusion_checkpoint`; write `out_path`.
 
     expectile: tau of the asymmetric squared loss |tau - 1[u < 0]| u^2 (0.5: the mean);
-    default 0.5 for "reward", 0.9 for "start-return".
+    default 0.5 for "reward", 0.9 for "start-return". steps: 20,000 by default; at 3,000 the
+    reward of PointMaze Medium's goal cell (rare in the data) still peaked in its wall corner.
     """
     from diffplan.trainer import load_episodes  # the same (relabelled) data the model saw
 
