@@ -9,6 +9,9 @@ a PD tracker (kp 20, kd 2) following the chosen plan's states.
     python examples/b2_return_guidance.py --checkpoint runs/b2/umaze/last.pt \\
         --value runs/b2/umaze/value.pt --maze umaze --episodes 100 --n-envs 10
 
+README B2's recipe adds `--variants rc,value-guide --value-scale 1.0 --reward R/reward.pt
+--hold-level 0.6 --refine 0.3 --start-return R/start-return-98.pt --lookahead 16`.
+
 Variants (--variants, comma separated):
     unguided    one unconditional sample per env (no ranking)
     value-guide Diffuser: gradient ascent on V (scale --value-scale, 2 steps, t_stopgrad 2,

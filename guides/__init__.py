@@ -1,7 +1,7 @@
 """Plug-in guidance modules for diffplan's sampler, all on one protocol (`Guide`).
 
-A guide implements any of `inpaint`, `objective`, `gradient`, `model_inputs`, `score` (see
-`diffplan.guidance`); a list of guides composes with `Compose([...])` or `a + b`.
+A guide implements any of `inpaint`, `objective`, `gradient`, `model_inputs`, `score`,
+`finalize` (see `diffplan.guidance`); a list of guides composes with `Compose([...])` or `a + b`.
 """
 
 from diffplan.guidance import Compose, Guide, GuideContext, Inpainting, ModelInputs

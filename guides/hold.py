@@ -33,7 +33,9 @@ class HoldAtBest(Guide):
     refine: move the held position uphill on the learned reward, at most this far (env units;
         0: off), in `refine_steps` steps: planned states are `stride` env steps apart, so the
         best one may lie a few tenths from where the reward peaks, and a ball held there
-        forgoes that much reward at every remaining step. Needs ctx.position_dims.
+        forgoes that much reward at every remaining step. Needs ctx.position_dims. It trusts
+        the learned reward's slope: an under-trained one that peaks in a wall corner pulls the
+        hold there (README B2, Medium).
 
     Held steps keep the best state's observation with its velocity dims (ctx.velocity_dims)
     set to zero; their actions are left as sampled, so use it with a planner that tracks the
@@ -98,7 +100,7 @@ class HoldAtBest(Guide):
                 x = position.clone().requires_grad_(True)
                 (grad,) = torch.autograd.grad(self.reward(held.index_copy(1, index, x)).sum(), x)
             direction = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-            # Steps shrink linearly (4 refine in all): far enough to arrive, then settle.
+            # Steps shrink linearly (about 2 x refine in all): far enough to arrive, then settle.
             position = position + 4.0 * self.refine / n * (1 - k / n) * direction
             moved = position - start
             scale = (self.refine / moved.norm(dim=-1, keepdim=True).clamp(min=1e-12)).clamp(max=1)
