@@ -29,12 +29,14 @@ from diffplan.tasks.evaluation import mean_se
 from diffplan.tasks.planning import evaluate_checkpoint, evaluation_config
 from diffplan.trainer import load_episodes
 
-# name -> (model: joint | states-only, plan overrides, uses the value net)
+# name -> (model: joint | states-only, plan overrides, uses the value net). The guided variants
+# keep the checkpoint's guide scale and t_stopgrad: Diffuser's are per env (0.1 and 2 on Hopper
+# and Walker2d, 0.001 and 4 on HalfCheetah), and the B6 configs carry them.
 VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "diffuser": ("joint", ["plan.sampler=ddpm", "plan.sampling_steps=20",
-                           "plan.n_candidates=64", "plan.value_scale=0.1"], True),
+                           "plan.n_candidates=64"], True),
     "fast-guide": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
-                             "plan.n_candidates=16", "plan.value_scale=0.1"], True),
+                             "plan.n_candidates=16"], True),
     "fast-rank": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
                             "plan.n_candidates=16", "plan.value_scale=0"], True),
     "rank-64": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
