@@ -30,9 +30,6 @@ Options that apply to every variant (the ablation of README B2):
                         the return from the current state (`--kind start-return`) instead of
                         the fixed --target, so far starts ask for a return they can have
     --lookahead K       the PD tracker aims K env steps ahead on the plan (B1's 16)
-    --terminal-value FILE  variants that rank by V also add the discounted start-return of
-                        each plan's last state (guides.TerminalValue): the plan's window return
-                        plus what the data earns after it, for starts further than one plan
 Variants without ranking keep the first of N candidates, the same distribution as drawing
 one, so they sample N = 1 (4x-16x cheaper on the CPU); --full-n samples N for them too (only
 the timing changes). A value-guide variant per extra scale is added with
@@ -58,7 +55,7 @@ from diffplan.state_models import load_state_model
 from diffplan.tasks.evaluation import evaluate_policy
 from diffplan.tasks.pointmaze import PointMazeTask
 from diffplan.value_training import load_value
-from guides import HoldAtBest, ReturnConditioning, TerminalValue, ValueGuide, ValueRanking
+from guides import HoldAtBest, ReturnConditioning, ValueGuide, ValueRanking
 from planners import MPCPlanner, PDTracker
 
 VARIANTS = ("unguided", "value-guide", "value-rank", "rc", "rc-rank", "rc-guide")
@@ -129,7 +126,6 @@ def main() -> None:
     parser.add_argument("--refine", type=float, default=0.0, help="move the hold uphill, units")
     parser.add_argument("--start-return", help="start-return model: start-dependent RC target")
     parser.add_argument("--lookahead", type=int, default=1, help="tracker lookahead, env steps")
-    parser.add_argument("--terminal-value", help="start-return model: rank by V + its value")
     parser.add_argument("--full-n", action="store_true", help="N candidates even unranked")
     parser.add_argument("--json", help="output (default runs/b2/<maze>.json)")
     parser.add_argument("--overwrite", action="store_true")
@@ -148,10 +144,6 @@ def main() -> None:
     target = args.target
     if args.start_return:
         target = load_state_model(args.start_return, loaded, "start-return")
-    terminal = None
-    if args.terminal_value:
-        terminal_model = load_state_model(args.terminal_value, loaded, "start-return")
-        terminal = TerminalValue(terminal_model, discount=loaded.config.data.discount)
     scales = [float(s) for s in args.value_scale.split(",")]
     runs: list[tuple[str, float]] = []
     for variant in args.variants.split(","):
@@ -168,7 +160,6 @@ def main() -> None:
         "value": str(args.value),
         "reward": args.reward,
         "start_return": args.start_return,
-        "terminal_value": args.terminal_value,
         "data": loaded.config.to_dict()["data"],
         "return_range": loaded.return_range,
         "value_return_range": list(value.return_range),
@@ -204,7 +195,6 @@ def main() -> None:
             loaded.normalizer,
             loaded.spec,
             guide=make_guides(name, value, scale, target, args.weight)
-            + ([terminal] if terminal is not None and ranked else [])
             + (
                 [HoldAtBest(reward, level=args.hold_level, refine=args.refine)]
                 if reward is not None

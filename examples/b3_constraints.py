@@ -289,7 +289,6 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
             dt=0.01,
             brake=args.brake,
             margin=args.brake_margin,
-            along_motion=args.brake_along_motion,
             position_dims=[0, 1],
             velocity_dims=[2, 3],
         )
@@ -463,12 +462,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--brake-margin", type=float, default=0.05, help="the brake keeps this clearance"
     )
-    parser.add_argument(
-        "--brake-along-motion",
-        action="store_true",
-        help="the brake also bounds the speed along the ball's motion (a ball sliding along a "
-        "wall into the disk)",
-    )
     parser.add_argument("--seed", type=int, default=0, help="planner sampling seed")
     parser.add_argument("--json", type=Path, help="write results here (e.g. runs/b3/medium.json)")
     parser.add_argument("--paths", type=Path, help="npz of executed paths (default: next to json)")
@@ -520,7 +513,6 @@ def main(argv: list[str] | None = None) -> int:
             "bend_tolerance",
             "brake",
             "brake_margin",
-            "brake_along_motion",
             "seed",
         )
     }

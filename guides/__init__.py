@@ -18,7 +18,7 @@ from guides.dynamics import StepLimit
 from guides.hold import HoldAtBest
 from guides.inpaint import Goal, StartState, Waypoints
 from guides.returns import ReturnConditioning, ReturnTargetWarning
-from guides.value import TerminalValue, ValueGuide, ValueRanking
+from guides.value import ValueGuide, ValueRanking
 
 __all__ = [
     "ActionBounds",
@@ -39,7 +39,6 @@ __all__ = [
     "StartState",
     "StateBounds",
     "StepLimit",
-    "TerminalValue",
     "ValueGuide",
     "ValueRanking",
     "Waypoints",

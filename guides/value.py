@@ -2,7 +2,6 @@
 
 `ValueGuide` is Diffuser's recipe; `ValueRanking` only ranks finished plans (no gradients),
 the strongest variant in recent studies ("sample N, keep the best by the critic").
-`TerminalValue` adds the value of where a plan ends, for rewards that lie beyond the plan.
 """
 
 from __future__ import annotations
@@ -83,50 +82,3 @@ class ValueRanking(ValueGuide):
 
     def __init__(self, value_net: nn.Module):
         super().__init__(value_net, scale=0.0)
-
-
-class TerminalValue(Guide):
-    """Score a plan by the value of the state it ends in: weight * discount**span * V(s_last).
-
-    A value net over the plan's own window scores the reward earned inside it; where every
-    candidate ends far from any reward (a goal further away than one plan), those scores are
-    all near zero and ranking by them is ranking by noise. Added to a `ValueGuide` or
-    `ValueRanking` (scores add), the plan is ranked by its window return plus the discounted
-    value of what follows it: the Bellman split of a return twice as long.
-
-    state_value: observations (..., obs_dim), env units -> (...) the discounted return of a
-        window that starts there, in the value net's units, e.g. the start-return model
-        (`load_state_model(path, loaded, "start-return")`, trained on the same windows).
-    discount: the windows' discount (the config's data.discount).
-    span: env steps from the plan's start to the next window's start; default
-        (horizon - 1) * stride + 1, the window the value net's targets cover.
-    """
-
-    def __init__(
-        self,
-        state_value: nn.Module,
-        discount: float,
-        weight: float = 1.0,
-        span: int | None = None,
-    ):
-        if not 0.0 < discount <= 1.0:
-            raise ValueError(f"TerminalValue discount must lie in (0, 1], got {discount}")
-        if span is not None and span < 1:
-            raise ValueError(f"TerminalValue span must be >= 1 env step, got {span}")
-        self.state_value = state_value
-        self.discount = float(discount)
-        self.weight = float(weight)
-        self.span = span
-
-    def terminal_values(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
-        """(B, H, D) env-unit plans -> (B,) discount**span * V(last planned state)."""
-        span = self.span or (ctx.spec.horizon - 1) * ctx.spec.stride + 1
-        last = ctx.spec.observations(plans)[:, -1]
-        with torch.no_grad():
-            return self.discount**span * self.state_value(last)
-
-    def score(self, plans: torch.Tensor, ctx: GuideContext) -> torch.Tensor:
-        return self.weight * self.terminal_values(plans, ctx)
-
-    def diagnostics(self, plans: torch.Tensor, ctx: GuideContext) -> dict[str, torch.Tensor]:
-        return {"terminal_value": self.terminal_values(plans, ctx)}

@@ -13,11 +13,6 @@ condition):
 and where the tracker's action would break it, raises the action's component along the
 outward normal just enough (at most to full braking), leaving the tangential component, so
 the ball slides round the region as the plan does.
-
-Along a wall that bound is not enough: a ball sliding along the wall into a disk's rim has its
-outward normal pointing mostly into the wall, which takes up the braking. `along_motion=True`
-adds the same bound along the ball's own motion: the distance to the region along the ray of
-the current velocity, and braking against that velocity, which no wall absorbs.
 """
 
 from __future__ import annotations
@@ -37,8 +32,6 @@ class KeepOutBrake:
     max_action: the largest action along any direction (the action box's half-width).
     brake: the share of full braking the bound counts on (< 1 leaves room for the dynamics'
         damping and the discrete steps); margin: extra clearance, env units.
-    along_motion: also bound the speed along the current velocity by the distance to the
-        region along it (for balls that slide along walls).
     position_dims / velocity_dims: observation layout (default: the planner's).
     """
 
@@ -50,7 +43,6 @@ class KeepOutBrake:
         max_action: float = 1.0,
         brake: float = 0.7,
         margin: float = 0.02,
-        along_motion: bool = False,
         position_dims: Sequence[int] | None = None,
         velocity_dims: Sequence[int] | None = None,
     ):
@@ -64,7 +56,6 @@ class KeepOutBrake:
         self.regions = list(regions)
         self.accel, self.dt, self.max_action = float(accel), float(dt), float(max_action)
         self.brake, self.margin = float(brake), float(margin)
-        self.along_motion = bool(along_motion)
         self.position_dims = None if position_dims is None else list(position_dims)
         self.velocity_dims = None if velocity_dims is None else list(velocity_dims)
 
@@ -92,29 +83,4 @@ class KeepOutBrake:
             along = (action * normal).sum(-1)
             need = torch.minimum(need, (self.max_action - along).clamp(min=0.0))
             action = action + need[:, None] * normal
-            if self.along_motion:
-                action = self._brake_along_motion(p, v, action, region, decel, dv_per_action)
         return action.clamp(-self.max_action, self.max_action)
-
-    def _brake_along_motion(self, p, v, action, region, decel, dv_per_action):
-        """Keep the speed along the ball's motion stoppable before the ray meets the region.
-
-        The motion is the current velocity, or at (near) rest the one the action starts; inside
-        the margin band the allowed speed towards the region is zero.
-        """
-        moving = v.norm(dim=-1, keepdim=True) > 0.05
-        direction = torch.where(moving, v, v + dv_per_action * action)
-        u = direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-9)
-        speed = (v * u).sum(-1)
-        rel = p - region.center.to(p)
-        radius = region.radius + self.margin
-        b = (rel * u).sum(-1)
-        c = (rel * rel).sum(-1) - radius**2
-        disc = b * b - c
-        hit = (b < 0) & ((c <= 0) | (disc >= 0))  # heading for the region, or inside the band
-        ray = (-b - disc.clamp(min=0.0).sqrt()).clamp(min=0.0) * (c > 0)  # distance to the edge
-        allowed = torch.sqrt(2.0 * decel * ray)
-        along = (action * u).sum(-1)
-        need = (speed + dv_per_action * along - allowed).clamp(min=0.0) / dv_per_action
-        need = torch.minimum(need, (along + self.max_action).clamp(min=0.0))
-        return action - torch.where(hit, need, torch.zeros_like(need))[:, None] * u

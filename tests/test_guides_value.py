@@ -15,8 +15,7 @@ from diffplan.errors import CheckpointError
 from diffplan.guidance import Compose, GuideContext
 from diffplan.trainer import train
 from diffplan.value_training import load_value, train_value
-from diffplan.spec import TrajectorySpec
-from guides import StartState, TerminalValue, ValueGuide, ValueRanking
+from guides import StartState, ValueGuide, ValueRanking
 from planners import MPCPlanner
 
 N = 64  # plans per comparison
@@ -123,40 +122,3 @@ def test_value_from_another_model_is_rejected(trained, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="not a readable value checkpoint"):
         load_value(tmp_path / "junk.pt", loaded)
-
-
-class _Identity:
-    def normalize(self, x):
-        return x
-
-    def unnormalize(self, x):
-        return x
-
-
-class _WindowValue(torch.nn.Module):
-    """A stand-in value net: a fixed window return per plan (first action entry)."""
-
-    def forward(self, x, t):
-        return x[:, 0, 0]
-
-
-def test_terminal_value_adds_the_discounted_value_of_where_each_plan_ends():
-    spec = TrajectorySpec(obs_dim=2, act_dim=1, horizon=4, stride=3)  # span 3*3+1 = 10 env steps
-    ctx = GuideContext(spec=spec, normalizer=_Identity(), n_envs=1, n_candidates=3)
-    plans = torch.zeros(3, 4, 3)
-    plans[:, -1, 1] = torch.tensor([0.0, 2.0, 1.0])  # last planned x: the terminal value
-    terminal = TerminalValue(lambda s: s[..., 0], discount=0.9)
-    expected = 0.9**10 * torch.tensor([0.0, 2.0, 1.0])
-    assert torch.allclose(terminal.score(plans, ctx), expected)
-    assert torch.allclose(terminal.diagnostics(plans, ctx)["terminal_value"], expected)
-    # Equal window returns: the plan that ends best wins.
-    both = Compose([ValueRanking(_WindowValue()), terminal])
-    assert both.score(plans, ctx).argmax() == 1
-    # A window return that beats the discounted terminal difference still wins.
-    plans[2, 0, 0] = 0.9**10 * 1.5
-    assert both.score(plans, ctx).argmax() == 2
-    # An explicit span and weight.
-    half = TerminalValue(lambda s: s[..., 0], discount=0.9, weight=0.5, span=1)
-    assert torch.allclose(half.score(plans, ctx), 0.5 * 0.9 * torch.tensor([0.0, 2.0, 1.0]))
-    with pytest.raises(ValueError, match="discount"):
-        TerminalValue(lambda s: s[..., 0], discount=0.0)

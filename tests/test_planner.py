@@ -250,44 +250,6 @@ def test_braking_filter_keeps_a_far_lookahead_out_of_the_disk():
         KeepOutBrake([], accel=1.0, dt=0.1, brake=0.0)
 
 
-def _slide_along_wall(action_filter=None, steps=400):
-    """A PointMaze-like ball (dv = 0.234 a per 0.01 s step, |v| <= 5) pushed along a wall at
-    y = 0.1 and into it, towards a disk of radius 0.5 that fills the corridor above the wall
-    (the B3 top-corridor block): the closest distance to the disk's centre."""
-    p, v = torch.tensor([[-2.5, 0.1]]), torch.tensor([[4.0, 0.0]])
-    centre, closest = torch.tensor([-0.5, 0.5]), float("inf")
-    for _ in range(steps):
-        action = torch.tensor([[1.0, -0.6]])
-        if action_filter is not None:
-            action = action_filter(torch.cat([p, v], 1), action)
-        v = (v + 0.234 * action).clamp(-5.0, 5.0)
-        p = p + 0.01 * v
-        if p[0, 1] < 0.1:  # the wall takes the push into it
-            p[0, 1], v[0, 1] = 0.1, 0.0
-        closest = min(closest, float((p[0] - centre).norm()))
-    return closest
-
-
-def test_braking_along_the_motion_stops_a_ball_sliding_along_a_wall_into_a_disk():
-    """Braking along the disk's normal pushes into the wall and the ball slides in (B3's
-    failure); braking along the ball's own motion stops it at the margin and holds it there."""
-    from guides import KeepOutDisk
-    from planners import KeepOutBrake
-
-    def brake(along_motion):
-        return KeepOutBrake([KeepOutDisk((-0.5, 0.5), 0.5)], accel=23.4, dt=0.01, brake=0.7,
-                            margin=0.05, along_motion=along_motion, position_dims=[0, 1],
-                            velocity_dims=[2, 3])  # fmt: skip
-
-    assert _slide_along_wall() < 0.45
-    assert _slide_along_wall(brake(False)) < 0.45
-    assert _slide_along_wall(brake(True)) > 0.5
-    # Moving away from the disk, or past it, the action passes unchanged.
-    state = torch.tensor([[-2.5, 0.1, -3.0, 0.0], [-2.5, -1.0, 3.0, 0.0]])
-    action = torch.tensor([[1.0, -0.6], [1.0, 0.0]])
-    torch.testing.assert_close(brake(True)(state, action), action)
-
-
 def test_strided_plans_need_tracking_for_open_loop(model):
     diffusion, normalizer = model
     strided = TrajectorySpec(obs_dim=4, act_dim=2, horizon=16, stride=4)
