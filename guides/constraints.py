@@ -31,6 +31,18 @@ def _vector(values: float | Sequence[float] | None, n: int, what: str) -> torch.
     return out
 
 
+def _boxes(values: float | Sequence, n: int, what: str) -> torch.Tensor:
+    """(n,) or (K, n) box corners -> (K, n)."""
+    out = torch.as_tensor(values, dtype=torch.float32)
+    if out.ndim == 2:
+        if out.shape[1] != n:
+            raise ValueError(f"{what} has {out.shape[1]} coordinates per box, dims name {n}")
+        if out.isnan().any():
+            raise ValueError(f"{what} contains NaN")
+        return out
+    return _vector(values, n, what)[None, :]
+
+
 class Cost:
     """A cost in env units. `hard` costs are constraints (feasibility first when scoring);
     soft ones (e.g. `Smoothness`) are preferences, scored with weight 1."""
@@ -99,7 +111,11 @@ class KeepOutDisk(Cost):
 class KeepOutBox(Cost):
     """Stay out of an axis-aligned box: violation = sum_k depth of p_k inside the box
     (distance to its nearest face, 0 outside), plus (``segments=True``) the depth of
-    `samples` - 1 evenly spaced points on each segment between consecutive planned states."""
+    `samples` - 1 evenly spaced points on each segment between consecutive planned states.
+
+    low / high: (len(dims),) for one box, or (K, len(dims)) for K boxes at once (e.g. the
+    wall cells of a maze, `MazeGrid.wall_boxes`); the depths add over the boxes.
+    """
 
     name = "keep_out_box"
 
@@ -112,8 +128,13 @@ class KeepOutBox(Cost):
         samples: int = 8,
     ):
         self.dims = list(dims)
-        self.low = _vector(low, len(self.dims), "KeepOutBox low")
-        self.high = _vector(high, len(self.dims), "KeepOutBox high")
+        self.low = _boxes(low, len(self.dims), "KeepOutBox low")
+        self.high = _boxes(high, len(self.dims), "KeepOutBox high")
+        if self.low.shape != self.high.shape:
+            raise ValueError(
+                f"KeepOutBox low {tuple(self.low.shape)} and high {tuple(self.high.shape)} "
+                "must describe the same boxes"
+            )
         if (self.low >= self.high).any():
             raise ValueError("KeepOutBox needs low < high in every dim")
         if samples < 2:
@@ -121,9 +142,10 @@ class KeepOutBox(Cost):
         self.segments, self.samples = segments, samples
 
     def _depth(self, p: torch.Tensor) -> torch.Tensor:
-        low, high = self.low.to(p), self.high.to(p)
-        depth = torch.minimum(p - low, high - p).amin(-1)  # > 0 only inside
-        return depth.clamp(min=0).sum(-1)
+        low, high = self.low.to(p), self.high.to(p)  # (K, d)
+        p = p[..., None, :]  # (..., P, 1, d)
+        depth = torch.minimum(p - low, high - p).amin(-1)  # (..., P, K), > 0 only inside
+        return depth.clamp(min=0).sum((-1, -2))
 
     def __call__(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         p = observations[..., self.dims]
@@ -270,6 +292,12 @@ class Constraint(Guide):
                 f"{len(plans)} plans"
             )
         return out
+
+    @property
+    def uses_gradient(self) -> bool:
+        """False for a ranking-only constraint (weight 0 or active_fraction 0): the sampler
+        then skips the gradient machinery."""
+        return self.weight != 0.0 and self.active_fraction != 0.0
 
     def _active(self, ctx: GuideContext) -> bool:
         if self.weight == 0.0 or self.active_fraction == 0.0:

@@ -121,6 +121,20 @@ def test_ready_made_costs_measure_depth_inside():
     assert not Smoothness().hard and Constraint(Smoothness()).penalty == 1.0
 
 
+def test_keep_out_box_takes_several_boxes_at_once():
+    obs = torch.tensor([[[0.0, 0.0], [2.0, 0.1], [5.0, 5.0]]])
+    act = torch.zeros(1, 3, 2)
+    first = KeepOutBox((-0.5, -0.5), (0.5, 0.5), segments=False)
+    second = KeepOutBox((1.5, -0.5), (2.5, 0.5), segments=False)
+    both = KeepOutBox([(-0.5, -0.5), (1.5, -0.5)], [(0.5, 0.5), (2.5, 0.5)], segments=False)
+    assert torch.allclose(both(obs, act), first(obs, act) + second(obs, act))
+    assert torch.allclose(both(obs, act), torch.tensor([0.5 + 0.4]))
+    with pytest.raises(ValueError, match="same boxes"):
+        KeepOutBox([(0.0, 0.0), (1.0, 1.0)], [(2.0, 2.0)])
+    with pytest.raises(ValueError, match="coordinates per box"):
+        KeepOutBox([(0.0, 0.0, 0.0)], [(1.0, 1.0, 1.0)])
+
+
 def test_a_plan_stepping_over_a_disk_between_states_is_a_violation():
     """Strided states on both sides of a disk, none inside: the straight path between them
     crosses it. The segment-aware costs see it (and push the segment out); the state-only

@@ -83,6 +83,37 @@ def test_check_goal_accepts_free_cells_and_refuses_walls() -> None:
             grid.check_goal(grid.cell_to_xy(cell))
 
 
+def test_walls_option_ranks_a_plan_through_a_wall_below_one_around_it() -> None:
+    """task.options.walls: the maze's wall cells (grown by the margin) score candidates; a
+    plan cutting the Large maze's wall (2, 2) ranks below the route round it."""
+    import torch
+
+    from diffplan.errors import ConfigError
+    from diffplan.guidance import Compose, GuideContext
+    from diffplan.spec import TrajectorySpec
+    from diffplan.tasks.pointmaze import PointMazeTask
+
+    grid = MazeGrid.from_name("large")
+    low, high = grid.wall_boxes(0.1)
+    assert len(low) == int(grid.walls.sum())
+    assert np.allclose(high - low, 1.2)
+    task = PointMazeTask("large", {"walls": 0.1})
+    walls = [g for g in task.planner_guides(None, None) if getattr(g, "name", "") == "walls"]
+    assert len(walls) == 1 and not walls[0].uses_gradient
+    assert not any(getattr(g, "name", "") == "walls"
+                   for g in PointMazeTask("large").planner_guides(None, None))  # fmt: skip
+    cells = {"through": [(1, 1), (2, 2), (3, 3)], "around": [(1, 1), (2, 1), (3, 1)]}
+    spec = TrajectorySpec(obs_dim=4, act_dim=2, horizon=3)
+    plans = torch.zeros(2, 3, 6)
+    for i, route in enumerate(cells.values()):
+        plans[i, :, 2:4] = torch.tensor(np.stack([grid.cell_to_xy(c) for c in route]))
+    ctx = GuideContext(spec=spec, normalizer=None, n_envs=1, n_candidates=2)
+    scores = Compose(walls).score(plans, ctx)
+    assert scores[1] == 0.0 and scores[0] < 0.0
+    with pytest.raises(ConfigError, match="walls"):
+        PointMazeTask("large", {"walls": 0.7})
+
+
 def test_controller_reaches_goal_from_every_umaze_cell() -> None:
     env = make_eval_env("umaze")
     u = env.unwrapped

@@ -29,6 +29,10 @@ class PointMazeOptions:
     # Within this distance of the goal the plan holds the goal from its next step on
     # (`Goal(hold_within=...)`); null: plans keep the first plan's arrival time only.
     goal_hold: float | None = None
+    # Plan with the map: candidates whose path (segments between planned states included) runs
+    # into a wall cell grown by this margin rank last (the ball's radius is 0.1); null: the
+    # planner never sees the map (B1's learned-only rows).
+    walls: float | None = None
 
 
 class PointMazeTask(Task):
@@ -50,6 +54,12 @@ class PointMazeTask(Task):
         if hold is not None and not (isinstance(hold, int | float) and 0 < hold < float("inf")):
             raise ConfigError(
                 f"task.options.goal_hold must be a distance > 0 or null, got {hold!r}"
+            )
+        walls = self.options.walls
+        if walls is not None and not (isinstance(walls, int | float) and 0 <= walls < 0.5):
+            raise ConfigError(
+                f"task.options.walls must be a margin in [0, 0.5) (e.g. 0.1, the ball's radius) "
+                f"or null, got {walls!r}"
             )
 
     @classmethod
@@ -135,18 +145,25 @@ class PointMazeTask(Task):
             )
 
     def planner_guides(self, loaded: Any, settings: Any) -> list:
-        from guides import Goal
+        from guides import Constraint, Goal, KeepOutBox
 
+        grid = MazeGrid.from_name(self.env)
+        walls = []
+        if self.options.walls is not None:
+            # Ranking only: candidates are scored by the map, not steered by its gradient.
+            low, high = grid.wall_boxes(self.options.walls)
+            walls = [Constraint(KeepOutBox(low, high, dims=(0, 1)), active_fraction=0.0,
+                                name="walls")]  # fmt: skip
         # Diffuser's Maze2D target: the goal at rest; MPC keeps the first plan's arrival time.
         # A goal in a wall or in a part of the maze the ball cannot reach is refused.
-        return [
+        return walls + [
             Goal(
                 dims=(0, 1),
                 zero_velocity=True,
                 velocity_dims=(2, 3),
                 arrival="first-plan",
                 hold_within=self.options.goal_hold,
-                check=MazeGrid.from_name(self.env).check_goal,
+                check=grid.check_goal,
             )
         ]
 

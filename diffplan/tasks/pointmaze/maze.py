@@ -115,6 +115,13 @@ class MazeGrid:
             [(cell[1] + 0.5) - self.width / 2, self.height / 2 - (cell[0] + 0.5)], dtype=np.float64
         )
 
+    def wall_boxes(self, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """(K, 2) low and high corners of every wall cell in env xy, grown by `margin` (the
+        ball's radius keeps its centre that far from a wall face)."""
+        cells = np.argwhere(self.walls)  # (K, 2) rows, cols
+        centres = np.stack([self.cell_to_xy(tuple(c)) for c in cells])
+        return centres - 0.5 - margin, centres + 0.5 + margin
+
     def xy_to_cell(self, xy: Sequence[float]) -> Cell:
         """Cell ``(row, col)`` containing ``xy`` (floor, as gymnasium-robotics does)."""
         return (
