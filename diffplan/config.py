@@ -127,6 +127,10 @@ class PlanConfig:
     # ...fewer where the straight line there leaves the plan by more than this (env units; a
     # far lookahead otherwise cuts the plan's bends, e.g. through a keep-out disk); null: off
     bend_tolerance: float | None = None
+    # Rank candidates feasibility first by how far their path (segments included) leaves the
+    # positions the training data visited, beyond this distance (env units; ranking only,
+    # `guides.KeepInData`): a plan through a wall that no episode crossed ranks last. null: off
+    data_support: float | None = None
     seed: int = 0
     # The state layout: observation dims that are positions / velocities (goal guides and the
     # PD tracker use them); null: taken from the task (PointMaze: [0, 1] / [2, 3]).
@@ -419,6 +423,9 @@ def validate_config(config: Config, source: str | _Sources = "the config") -> No
         ("plan.lookahead", p.lookahead >= 1, ">= 1 env step"),
         ("plan.bend_tolerance", p.bend_tolerance is None or finite(p.bend_tolerance, 0.0),
          "null or a distance >= 0"),
+        ("plan.data_support", p.data_support is None
+         or (finite(p.data_support) and p.data_support > 0),
+         "null or a distance > 0 (e.g. 0.2 on PointMaze)"),
     ]  # fmt: skip
     for key, ok, requirement in rules:
         if not ok:

@@ -30,6 +30,11 @@ Options that apply to every variant (the ablation of README B2):
                         the return from the current state (`--kind start-return`) instead of
                         the fixed --target, so far starts ask for a return they can have
     --lookahead K       the PD tracker aims K env steps ahead on the plan (B1's 16)
+    --walls MARGIN      candidates are also ranked by how far their path runs into a wall of
+                        the maze map (grown by MARGIN), feasibility first, as B1's
+                        `task.options.walls`; this reads the map, which the model never sees
+    --support RADIUS    the same from the data alone (`plan.data_support`, guides.KeepInData):
+                        ranked by how far the path leaves the positions the dataset visited
 Variants without ranking keep the first of N candidates, the same distribution as drawing
 one, so they sample N = 1 (4x-16x cheaper on the CPU); --full-n samples N for them too (only
 the timing changes). A value-guide variant per extra scale is added with
@@ -53,9 +58,18 @@ import torch
 from diffplan.checkpoint import load_checkpoint
 from diffplan.state_models import load_state_model
 from diffplan.tasks.evaluation import evaluate_policy
+from diffplan.tasks.planning import data_support_guide
 from diffplan.tasks.pointmaze import PointMazeTask
+from diffplan.tasks.pointmaze.maze import MazeGrid
 from diffplan.value_training import load_value
-from guides import HoldAtBest, ReturnConditioning, ValueGuide, ValueRanking
+from guides import (
+    Constraint,
+    HoldAtBest,
+    KeepOutBox,
+    ReturnConditioning,
+    ValueGuide,
+    ValueRanking,
+)
 from planners import MPCPlanner, PDTracker
 
 VARIANTS = ("unguided", "value-guide", "value-rank", "rc", "rc-rank", "rc-guide")
@@ -126,10 +140,21 @@ def main() -> None:
     parser.add_argument("--refine", type=float, default=0.0, help="move the hold uphill, units")
     parser.add_argument("--start-return", help="start-return model: start-dependent RC target")
     parser.add_argument("--lookahead", type=int, default=1, help="tracker lookahead, env steps")
+    parser.add_argument(
+        "--walls", type=float, help="rank by the maze map too: wall cells grown by this margin"
+    )
+    parser.add_argument(
+        "--support",
+        type=float,
+        help="rank by the data's support too: how far the path leaves visited positions",
+    )
     parser.add_argument("--full-n", action="store_true", help="N candidates even unranked")
     parser.add_argument("--json", help="output (default runs/b2/<maze>.json)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--record-paths", type=int, default=0, help="keep the xy path of the first K episodes"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -178,6 +203,8 @@ def main() -> None:
                 "hold_level",
                 "refine",
                 "lookahead",
+                "walls",
+                "support",
                 "full_n",
                 "threads",
             )
@@ -186,6 +213,12 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "variants": {},
     }
+    walls = []
+    if args.walls is not None:  # the map, as B1's task.options.walls: ranking only, no gradient
+        low, high = MazeGrid.from_name(args.maze).wall_boxes(args.walls)
+        walls = [Constraint(KeepOutBox(low, high, dims=(0, 1)), active_fraction=0.0, name="walls")]
+    if args.support is not None:  # the same from the data alone (plan.data_support)
+        walls.append(data_support_guide(loaded, args.support, [0, 1]))
     rows = []
     for name, scale in runs:
         ranked = name not in ("unguided", "rc")
@@ -194,7 +227,8 @@ def main() -> None:
             loaded.diffusion,
             loaded.normalizer,
             loaded.spec,
-            guide=make_guides(name, value, scale, target, args.weight)
+            guide=walls
+            + make_guides(name, value, scale, target, args.weight)
             + (
                 [HoldAtBest(reward, level=args.hold_level, refine=args.refine)]
                 if reward is not None
@@ -220,11 +254,14 @@ def main() -> None:
             n_envs=args.n_envs,
             seed=args.seed,
             progress=False,
+            record_paths=args.record_paths,
         )
         result.policy = f"MPCPlanner[{name}]"
         ms_plan = 1e3 * policy.plan_time / max(policy.plan_calls, 1)
         entry = result.to_dict()
-        entry.pop("paths", None)
+        entry["paths"] = [
+            {k: np.asarray(v).round(3).tolist() for k, v in p.items()} for p in result.paths
+        ]
         entry.update(value_scale=scale if "guide" in name and name != "unguided" else None)
         entry.update(ms_per_plan_call=ms_plan, plan_calls=policy.plan_calls)
         entry.update(n_candidates=n_candidates)

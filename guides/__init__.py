@@ -18,6 +18,7 @@ from guides.dynamics import StepLimit
 from guides.hold import HoldAtBest
 from guides.inpaint import Goal, StartState, Waypoints
 from guides.returns import ReturnConditioning, ReturnTargetWarning
+from guides.support import KeepInData
 from guides.value import ValueGuide, ValueRanking
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "GuideContext",
     "HoldAtBest",
     "Inpainting",
+    "KeepInData",
     "KeepOutBox",
     "KeepOutDisk",
     "ModelInputs",

@@ -126,3 +126,39 @@ def test_bench_plan_shows_the_score_evaluate_reached_with_the_same_settings(chec
                                "scores_from": "x", "rows": [{**row, "score": found},
                                                            {**row, "score": None}]})  # fmt: skip
     assert "(ours, pointmaze-umaze" in table and "not evaluated" in table
+
+
+
+def test_data_support_ranks_a_plan_through_the_umaze_wall_below_the_route_round_it(checkpoint):
+    """plan.data_support: the positions of the checkpoint's own training data score the
+    candidates, no map; a plan from the top arm straight through the U-Maze's middle wall to
+    the bottom arm ranks below the one that goes round it."""
+    import dataclasses
+
+    import torch
+
+    from diffplan.checkpoint import load_checkpoint
+    from diffplan.errors import ConfigError
+    from diffplan.guidance import Compose, GuideContext
+    from diffplan.tasks.planning import evaluation_config
+    from diffplan.tasks.pointmaze.maze import MazeGrid
+
+    settings = dataclasses.replace(PlanConfig(n_candidates=4, sampling_steps=3), data_support=0.2)
+    planner = build_planner(checkpoint, UMAZE, settings)
+    support = [g for g in planner.guide.guides if getattr(g, "name", "") == "data_support"]
+    assert len(support) == 1 and not support[0].uses_gradient
+    grid = MazeGrid.from_name("umaze")
+    routes = {"through": [(1, 1), (2, 1), (3, 1)],
+              "round": [(1, 1), (1, 2), (1, 3), (2, 3), (3, 3), (3, 2), (3, 1)]}  # fmt: skip
+    plans = torch.zeros(2, 13, 6)  # [action | x, y, vx, vy], 13 states along each route
+    for i, route in enumerate(routes.values()):
+        corners = np.stack([grid.cell_to_xy(c) for c in route])
+        at = np.linspace(0, len(route) - 1, 13)
+        for d in range(2):
+            plans[i, :, 2 + d] = torch.tensor(np.interp(at, np.arange(len(route)), corners[:, d]))
+    ctx = GuideContext(spec=planner.spec, normalizer=None, n_envs=1, n_candidates=2)
+    violation = support[0].evaluate(plans, ctx)
+    assert violation[0] > 1.0 and violation[1] < 0.1 * violation[0], violation
+    assert Compose(support).score(plans, ctx).argmax() == 1
+    with pytest.raises(ConfigError, match="plan.data_support"):
+        evaluation_config(load_checkpoint(checkpoint), ["plan.data_support=0"])

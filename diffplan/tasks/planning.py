@@ -85,6 +85,8 @@ def build_planner(
     layout = task.tracker_dims()
     if arguments["position_dims"] is None and layout is not None:
         arguments["position_dims"], arguments["velocity_dims"] = layout
+    if settings.data_support is not None:
+        guides.append(data_support_guide(loaded, settings.data_support, arguments["position_dims"]))
     inverse = None
     if settings.action_mode == "inverse-dynamics":
         from diffplan.inverse_dynamics import load_inverse_dynamics
@@ -106,6 +108,25 @@ def build_planner(
     return planner
 
 
+def data_support_guide(loaded: LoadedModel, radius: float, position_dims) -> Guide:
+    """`plan.data_support`: rank candidates by how far they leave the positions of the
+    training data (`guides.KeepInData`, a grid of radius / 4 cells); ranking only."""
+    from guides import Constraint, KeepInData
+
+    if not position_dims:
+        raise ConfigError(
+            "plan.data_support needs the positions of the state: set plan.position_dims "
+            "(e.g. [0, 1]); this task names none"
+        )
+    try:
+        cost = KeepInData.from_checkpoint(
+            loaded, dims=position_dims, radius=radius, cell=radius / 4
+        )
+    except ValueError as e:
+        raise ConfigError(f"plan.data_support={radius}: {e}; use a larger distance") from None
+    return Constraint(cost, active_fraction=0.0, name="data_support")
+
+
 def describe_settings(settings: PlanConfig, value: bool) -> str:
     """What was run, in one line: e.g. 'mpc (replan every 1), ddpm 20 steps, 64 candidates'."""
     if settings.mode == "open-loop":
@@ -116,6 +137,8 @@ def describe_settings(settings: PlanConfig, value: bool) -> str:
              f"{settings.n_candidates} candidates", f"actions: {settings.action_mode}"]  # fmt: skip
     if settings.warm_start:
         parts.append(f"warm start t={settings.warm_start_t}")
+    if settings.data_support is not None:
+        parts.append(f"data support {settings.data_support:g}")
     if value:
         parts.append(
             "value ranking"
