@@ -368,6 +368,12 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="SAC run dir for medium-replay (default: runs/policies/<env>)",
     )
+    mj.add_argument(
+        "--rerun",
+        action="store_true",
+        help="medium-replay: the --run is a rerun of the medium policy's SAC run (same seed) whose"
+        " snapshot differs from the shipped file; use its replay buffer as it is (recorded)",
+    )
     mj.add_argument("--n-envs", type=int, default=10, help="envs stepped in lockstep")
     mj.add_argument("--overwrite", action="store_true")
     mj.add_argument("--no-progress", action="store_true")
@@ -451,6 +457,7 @@ def _data_mujoco(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         n_envs=args.n_envs,
         command=" ".join(["diffplan", *sys.argv[1:]]) if sys.argv[1:2] == ["data"] else None,
+        rerun=args.rerun,
     )
     return 0
 

@@ -316,6 +316,38 @@ def test_medium_replay_is_the_replay_prefix(run_dir, policies, tmp_path):
     assert not (tmp_path / "x" / "diffplan").exists()
 
 
+def test_medium_replay_from_a_rerun_needs_rerun_and_says_so(run_dir, policies, tmp_path):
+    """A run whose snapshot at the medium step differs from the medium policy file (a rerun of
+    that run on another machine) is refused, unless --rerun; then the dataset records it."""
+    import shutil
+
+    import torch
+
+    card = load_card("hopper", "medium", policies)
+    rerun = tmp_path / "rerun"
+    shutil.copytree(run_dir, rerun)
+    snap = rerun / "snapshots" / f"step_{card['training']['step']:07d}.pt"
+    payload = torch.load(snap, weights_only=True)
+    payload["state_dict"]["mu.bias"] += 1e-3
+    torch.save(payload, snap)
+    kw = dict(policy_dir=policies, run_dir=rerun, progress=False)
+    with pytest.raises(DiffplanError, match="differs from the medium policy.*--rerun"):
+        generate_mujoco_dataset("hopper", "medium-replay", root=tmp_path / "a", **kw)
+    assert not (tmp_path / "a" / "diffplan").exists()
+    s = generate_mujoco_dataset("hopper", "medium-replay", root=tmp_path / "b", rerun=True, **kw)
+    assert s["replay"]["snapshot_is_medium_policy"] is False
+    assert s["episodes"] >= 1
+    # The shipped run itself is recognised as the medium policy's.
+    same = generate_mujoco_dataset(
+        "hopper", "medium-replay", root=tmp_path / "c", rerun=True, **{**kw, "run_dir": run_dir}
+    )
+    assert same["replay"]["snapshot_is_medium_policy"] is True
+    # Another seed is not a rerun.
+    log = json.loads((rerun / "snapshots.json").read_text())
+    (rerun / "snapshots.json").write_text(json.dumps({**log, "seed": 7}))
+    with pytest.raises(DiffplanError, match="seed 7"):
+        generate_mujoco_dataset("hopper", "medium-replay", root=tmp_path / "d", rerun=True, **kw)
+
 def test_d4rl_format_round_trips(policies, tmp_path):
     from diffplan.data.d4rl_source import load_d4rl_hdf5
 

@@ -617,13 +617,22 @@ def rollout(
     return out
 
 
-def _replay_source(run_dir: Path, medium_card: dict, medium: GaussianMLPPolicy) -> dict:
-    """Validate a run dir for medium-replay: the medium snapshot's buffer_rows and replay.npz."""
+def _replay_source(
+    run_dir: Path, medium_card: dict, medium: GaussianMLPPolicy, rerun: bool = False
+) -> dict:
+    """Validate a run dir for medium-replay: the medium snapshot's buffer_rows and replay.npz.
+
+    The run must be the one the medium policy was exported from (its snapshot at the medium
+    step equals the policy file), or, with `rerun`, a rerun of it: same env, seed and
+    snapshot step, whose weights differ (SAC is not bit-reproducible across machines). The
+    returned record says which (`snapshot_is_medium_policy`) and the rerun snapshot's return.
+    """
     log = _read_run(run_dir)
     env = medium_card["env"]
     if log["env"] != env:
         raise DiffplanError(f"{run_dir} holds a {log['env']} run, not {env}; pass the {env} run")
-    step = medium_card.get("training", {}).get("step")
+    training = medium_card.get("training", {})
+    step = training.get("step")
     snap = {s["step"]: s for s in log["snapshots"]}.get(step)
     if snap is None:
         raise DiffplanError(
@@ -631,14 +640,22 @@ def _replay_source(run_dir: Path, medium_card: dict, medium: GaussianMLPPolicy) 
             " medium policy was exported from (--run)"
         )
     snap_file = _snapshot_file(run_dir, step)
+    same = None
     if snap_file.is_file():
         theirs = load_policy(snap_file, env=env).state_dict()
         mine = medium.state_dict()
-        if theirs.keys() != mine.keys() or not all(torch.equal(theirs[k], mine[k]) for k in mine):
-            raise DiffplanError(
-                f"{snap_file} differs from the medium policy file: {run_dir} is not the run the"
-                " medium policy was exported from; pass that run (--run)"
-            )
+        same = theirs.keys() == mine.keys() and all(torch.equal(theirs[k], mine[k]) for k in mine)
+    if same is False and not rerun:
+        raise DiffplanError(
+            f"{snap_file} differs from the medium policy file: {run_dir} is not the run the"
+            " medium policy was exported from; pass that run (--run), or --rerun to use a rerun"
+            " of it (same seed) as it is"
+        )
+    if same is False and log.get("seed") != training.get("seed"):
+        raise DiffplanError(
+            f"{run_dir} ran with seed {log.get('seed')}, the medium policy's run with seed"
+            f" {training.get('seed')}; --rerun needs a rerun of that run (same seed)"
+        )
     rows = snap.get("buffer_rows")
     replay = run_dir / "replay.npz"
     if rows is None or not replay.is_file():
@@ -663,6 +680,9 @@ def _replay_source(run_dir: Path, medium_card: dict, medium: GaussianMLPPolicy) 
         "medium_step": step,
         "buffer_rows": int(rows),
         "replay_rows": int(have),
+        "snapshot_is_medium_policy": same,
+        "snapshot_return_logged": snap.get("return_mean"),
+        "medium_policy_return_logged": training.get("logged_return_mean"),
     }
 
 
@@ -856,6 +876,7 @@ def generate_mujoco_dataset(
     overwrite: bool = False,
     n_envs: int = N_ENVS,
     command: str | None = None,
+    rerun: bool = False,
 ) -> dict[str, Any]:
     """Generate a D4RL-style locomotion dataset (module docstring) and write it.
 
@@ -863,6 +884,7 @@ def generate_mujoco_dataset(
     `root` (default ``$MINARI_DATASETS_PATH``). ``fmt="d4rl"``: one D4RL-layout HDF5 file
     `out` (default ``<root or data>/<env>-<level>-v0.hdf5``). `steps`: 1,000,000 (2,000,000
     for medium-expert); for medium-replay, default all replay rows up to the medium snapshot.
+    `rerun` (medium-replay): accept a rerun of the medium policy's SAC run, see `_replay_source`.
     Every input is checked before anything is written; an existing dataset is replaced only
     with ``overwrite=True``. Returns the generation summary (also printed, stored in the
     metadata and as ``generation_summary.json``).
@@ -924,7 +946,7 @@ def generate_mujoco_dataset(
     replay_src = None
     if level == "medium-replay":
         run = Path(run_dir) if run_dir is not None else default_run_dir(env)
-        replay_src = _replay_source(run, cards["medium"], policies["medium"])
+        replay_src = _replay_source(run, cards["medium"], policies["medium"], rerun=rerun)
         if steps is None:
             steps = replay_src["buffer_rows"]
         elif steps > replay_src["buffer_rows"]:
