@@ -108,7 +108,27 @@ class KeepOutDisk(Cost):
         return out
 
 
-class KeepOutBox(Cost):
+class _SampledPathCost(Cost):
+    """A cost summed over the planned points (`dims`) and, with `segments`, over `samples` - 1
+    evenly spaced points on each straight segment between consecutive planned points."""
+
+    dims: list[int]
+    segments: bool = True
+    samples: int = 8
+
+    def _depth(self, points: torch.Tensor) -> torch.Tensor:
+        """(..., P, len(dims)) points -> (...,) summed violation."""
+        raise NotImplementedError
+
+    def __call__(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        p = observations[..., self.dims]
+        out = self._depth(p)
+        if self.segments and p.shape[-2] > 1:
+            out = out + self._depth(_segment_samples(p, self.samples))
+        return out
+
+
+class KeepOutBox(_SampledPathCost):
     """Stay out of an axis-aligned box: violation = sum_k depth of p_k inside the box
     (distance to its nearest face, 0 outside), plus (``segments=True``) the depth of
     `samples` - 1 evenly spaced points on each segment between consecutive planned states.
@@ -146,13 +166,6 @@ class KeepOutBox(Cost):
         p = p[..., None, :]  # (..., P, 1, d)
         depth = torch.minimum(p - low, high - p).amin(-1)  # (..., P, K), > 0 only inside
         return depth.clamp(min=0).sum((-1, -2))
-
-    def __call__(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        p = observations[..., self.dims]
-        out = self._depth(p)
-        if self.segments and p.shape[-2] > 1:
-            out = out + self._depth(_segment_samples(p, self.samples))
-        return out
 
 
 class _Bounds(Cost):

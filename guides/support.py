@@ -18,13 +18,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from guides.constraints import Cost, _segment_samples
+from guides.constraints import _SampledPathCost
 
 MAX_DIMS = 3
 MAX_CELLS = 1 << 24  # 16M grid nodes (64 MB of float32): refuse a grid larger than that
 
 
-class KeepInData(Cost):
+class KeepInData(_SampledPathCost):
     """violation = sum over planned points (and `samples` - 1 points on each segment between
     consecutive ones) of max(0, d(p) - radius), d(p) = distance from p to the nearest position
     the data visited, env units.
@@ -114,12 +114,5 @@ class KeepInData(Cost):
             out = out + weight * field[index].to(points.dtype)
         return out + beyond
 
-    def _excess(self, points: torch.Tensor) -> torch.Tensor:
+    def _depth(self, points: torch.Tensor) -> torch.Tensor:
         return (self.distance(points) - self.radius).clamp(min=0).sum(-1)
-
-    def __call__(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        p = observations[..., self.dims]
-        out = self._excess(p)
-        if self.segments and p.shape[-2] > 1:
-            out = out + self._excess(_segment_samples(p, self.samples))
-        return out
