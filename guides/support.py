@@ -13,6 +13,7 @@ leave the data.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,7 +22,9 @@ import torch
 from guides.constraints import _SampledPathCost
 
 MAX_DIMS = 3
-MAX_CELLS = 1 << 24  # 16M grid nodes (64 MB of float32): refuse a grid larger than that
+# Refuse grids over 16M nodes: building one takes a few hundred MB (scipy's float64 distances
+# and int32 indices), keeping it 64 MB of float32.
+MAX_CELLS = 1 << 24
 
 
 class KeepInData(_SampledPathCost):
@@ -34,7 +37,10 @@ class KeepInData(_SampledPathCost):
     dims: the observation dims the points are (positions; at most 3).
     radius: how far from the data a point may be without cost (at least the grid's `cell`;
         PointMaze: 0.2, twice the ball's radius).
-    cell: grid spacing, env units; d(p) is exact to within cell * sqrt(len(dims)) / 2.
+    cell: grid spacing, env units; d(p) is exact to within about cell * sqrt(len(dims))
+        (visited positions snap to grid nodes, then the field is interpolated). Off the grid,
+        d(p) is the way back to the grid plus the field at its edge, an upper bound.
+    A plan holding NaN gets a NaN cost (which `Constraint` reports).
     """
 
     name = "keep_in_data"
@@ -54,6 +60,8 @@ class KeepInData(_SampledPathCost):
         d = len(self.dims)
         if not 1 <= d <= MAX_DIMS:
             raise ValueError(f"KeepInData works on 1 to {MAX_DIMS} position dims, got {d}")
+        if isinstance(points, torch.Tensor):
+            points = points.detach().cpu().numpy()
         points = np.asarray(points, dtype=np.float64)
         if points.ndim != 2 or points.shape[1] != d or len(points) == 0:
             raise ValueError(
@@ -62,14 +70,17 @@ class KeepInData(_SampledPathCost):
             )
         if not np.isfinite(points).all():
             raise ValueError("KeepInData points contain NaN/inf")
-        if not cell > 0 or not radius >= cell:
-            raise ValueError(f"KeepInData needs cell > 0 and radius >= cell, got {cell}, {radius}")
+        if not (math.isfinite(cell) and math.isfinite(radius) and 0 < cell <= radius):
+            raise ValueError(
+                f"KeepInData needs finite cell > 0 and radius >= cell, got cell {cell}, "
+                f"radius {radius}"
+            )
         if samples < 2:
             raise ValueError(f"KeepInData samples must be >= 2, got {samples}")
         pad = radius + 2 * cell  # the field is exact a little beyond the data's box
         low = points.min(0) - pad
         shape = np.floor((points.max(0) + pad - low) / cell).astype(np.int64) + 2
-        if int(np.prod(shape)) > MAX_CELLS:
+        if math.prod(int(n) for n in shape) > MAX_CELLS:
             raise ValueError(
                 f"KeepInData grid of {tuple(shape)} nodes is too large; pass a larger cell "
                 f"(now {cell})"
@@ -79,6 +90,7 @@ class KeepInData(_SampledPathCost):
         visited[tuple(nodes.T)] = True
         field = distance_transform_edt(~visited) * cell  # node -> nearest visited node, env units
         self.field = torch.as_tensor(field, dtype=torch.float32)
+        self._fields = {self.field.device: self.field}  # a copy per device, made once
         self.low = torch.as_tensor(low, dtype=torch.float32)
         self.shape = torch.as_tensor(shape, dtype=torch.float32)
         self.cell, self.radius = float(cell), float(radius)
@@ -87,6 +99,11 @@ class KeepInData(_SampledPathCost):
     @classmethod
     def from_episodes(cls, episodes, dims: Sequence[int] = (0, 1), **kwargs) -> KeepInData:
         """From a `diffplan.data.Episodes` (every observation's `dims`)."""
+        n = episodes.observations.shape[1]
+        if any(not 0 <= d < n for d in dims):
+            raise ValueError(
+                f"position dims {list(dims)} lie outside the data's {n} observation dims"
+            )
         return cls(episodes.observations[:, list(dims)], dims=dims, **kwargs)
 
     @classmethod
@@ -98,9 +115,12 @@ class KeepInData(_SampledPathCost):
 
     def distance(self, points: torch.Tensor) -> torch.Tensor:
         """(..., len(dims)) env-unit points -> (...,) distance to the nearest visited position."""
-        field = self.field.to(points.device)
+        field = self._fields.get(points.device)
+        if field is None:
+            field = self._fields[points.device] = self.field.to(points.device)
         top = (self.shape - 1).to(points)
-        u = (points - self.low.to(points)) / self.cell
+        finite = torch.isfinite(points).all(-1)
+        u = (torch.where(finite[..., None], points, 0.0) - self.low.to(points)) / self.cell
         inside = torch.minimum(u.clamp(min=0), top)
         beyond = (u - inside).norm(dim=-1) * self.cell  # off the grid: add the way back to it
         base = inside.floor().clamp(max=top - 1)
@@ -112,7 +132,7 @@ class KeepInData(_SampledPathCost):
             weight = torch.where(offset.bool(), frac, 1 - frac).prod(-1)
             index = (base + offset).unbind(-1)
             out = out + weight * field[index].to(points.dtype)
-        return out + beyond
+        return torch.where(finite, out + beyond, torch.nan)
 
     def _depth(self, points: torch.Tensor) -> torch.Tensor:
         return (self.distance(points) - self.radius).clamp(min=0).sum(-1)

@@ -128,7 +128,6 @@ def test_bench_plan_shows_the_score_evaluate_reached_with_the_same_settings(chec
     assert "(ours, pointmaze-umaze" in table and "not evaluated" in table
 
 
-
 def test_data_support_ranks_a_plan_through_the_umaze_wall_below_the_route_round_it(checkpoint):
     """plan.data_support: the positions of the checkpoint's own training data score the
     candidates, no map; a plan from the top arm straight through the U-Maze's middle wall to
@@ -140,7 +139,7 @@ def test_data_support_ranks_a_plan_through_the_umaze_wall_below_the_route_round_
     from diffplan.checkpoint import load_checkpoint
     from diffplan.errors import ConfigError
     from diffplan.guidance import Compose, GuideContext
-    from diffplan.tasks.planning import evaluation_config
+    from diffplan.tasks.planning import data_support_guide, evaluation_config
     from diffplan.tasks.pointmaze.maze import MazeGrid
 
     settings = dataclasses.replace(PlanConfig(n_candidates=4, sampling_steps=3), data_support=0.2)
@@ -160,5 +159,10 @@ def test_data_support_ranks_a_plan_through_the_umaze_wall_below_the_route_round_
     violation = support[0].evaluate(plans, ctx)
     assert violation[0] > 1.0 and violation[1] < 0.1 * violation[0], violation
     assert Compose(support).score(plans, ctx).argmax() == 1
+    loaded = load_checkpoint(checkpoint)
     with pytest.raises(ConfigError, match="plan.data_support"):
-        evaluation_config(load_checkpoint(checkpoint), ["plan.data_support=0"])
+        evaluation_config(loaded, ["plan.data_support=0"])
+    with pytest.raises(ConfigError, match=r"position dims \[0, 9\] lie outside the data's 4"):
+        data_support_guide(loaded, 0.2, [0, 9])
+    with pytest.raises(ConfigError, match="too large .* use a larger distance"):
+        data_support_guide(loaded, 1e-4, [0, 1])

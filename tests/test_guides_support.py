@@ -26,9 +26,12 @@ def test_distance_is_zero_on_the_data_and_grows_away_from_it(corridors):
     # data's end, off the grid.
     expected = torch.tensor([0.0, 0.0, 1.5, 0.5, 2.0])
     assert torch.allclose(cost.distance(points), expected, atol=0.05)
-    points.requires_grad_(True)
-    cost.distance(points[2:4]).sum().backward()  # away from the data: both coordinates grow it
-    assert (points.grad[2:4] > 0.9).all() and torch.isfinite(points.grad).all()
+    # Off the diagonal one corridor is nearest: the gradient points straight away from it.
+    away = torch.tensor([[2.0, 1.3], [1.3, 2.2]], requires_grad=True)
+    cost.distance(away).sum().backward()
+    assert torch.allclose(away.grad, torch.tensor([[0.0, 1.0], [1.0, 0.0]]), atol=0.3)
+    # A plan holding NaN costs NaN, which Constraint reports as a one-line error.
+    assert cost.distance(torch.tensor([[float("nan"), 0.0]])).isnan().all()
 
 
 def test_a_path_that_cuts_the_corner_violates_and_ranks_below_the_corridors(corridors):
@@ -61,5 +64,13 @@ def test_bad_inputs_are_one_line_errors(corridors):
         KeepInData(np.zeros((10, 4)), dims=(0, 1, 2, 3))
     with pytest.raises(ValueError, match="radius >= cell"):
         KeepInData(corridors, radius=0.01, cell=0.05)
+    with pytest.raises(ValueError, match="finite cell"):
+        KeepInData(corridors, radius=float("inf"))
+    with pytest.raises(ValueError, match="samples must be >= 2"):
+        KeepInData(corridors, samples=1)
     with pytest.raises(ValueError, match="too large"):
         KeepInData(np.array([[0.0, 0.0], [1e4, 1e4]]), cell=0.05)
+    spec = TrajectorySpec(obs_dim=2, act_dim=1, horizon=2)
+    ctx = GuideContext(spec=spec, normalizer=None, n_envs=1, n_candidates=1)
+    with pytest.raises(ValueError, match="NaN/inf for 1 of 1 plans"):
+        Constraint(KeepInData(corridors)).evaluate(torch.full((1, 2, 3), float("nan")), ctx)

@@ -347,6 +347,9 @@ def test_medium_replay_from_a_rerun_needs_rerun_and_says_so(run_dir, policies, t
     (rerun / "snapshots.json").write_text(json.dumps({**log, "seed": 7}))
     with pytest.raises(DiffplanError, match="seed 7"):
         generate_mujoco_dataset("hopper", "medium-replay", root=tmp_path / "d", rerun=True, **kw)
+    with pytest.raises(ConfigError, match="--rerun applies to medium-replay only"):
+        generate_mujoco_dataset("hopper", "medium", root=tmp_path / "e", rerun=True, **kw)
+
 
 def test_d4rl_format_round_trips(policies, tmp_path):
     from diffplan.data.d4rl_source import load_d4rl_hdf5

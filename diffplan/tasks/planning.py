@@ -123,7 +123,12 @@ def data_support_guide(loaded: LoadedModel, radius: float, position_dims) -> Gui
             loaded, dims=position_dims, radius=radius, cell=radius / 4
         )
     except ValueError as e:
-        raise ConfigError(f"plan.data_support={radius}: {e}; use a larger distance") from None
+        if "too large" in str(e):  # the grid's cell is radius / 4
+            raise ConfigError(
+                f"plan.data_support={radius} makes a grid of cells {radius / 4:g} too large for "
+                "the data's extent; use a larger distance"
+            ) from None
+        raise ConfigError(f"plan.data_support: {e}") from None
     return Constraint(cost, active_fraction=0.0, name="data_support")
 
 

@@ -651,10 +651,10 @@ def _replay_source(
             " medium policy was exported from; pass that run (--run), or --rerun to use a rerun"
             " of it (same seed) as it is"
         )
-    if same is False and log.get("seed") != training.get("seed"):
+    if same is not True and log.get("seed") != training.get("seed"):
         raise DiffplanError(
             f"{run_dir} ran with seed {log.get('seed')}, the medium policy's run with seed"
-            f" {training.get('seed')}; --rerun needs a rerun of that run (same seed)"
+            f" {training.get('seed')}; medium-replay needs that run or a rerun of it (same seed)"
         )
     rows = snap.get("buffer_rows")
     replay = run_dir / "replay.npz"
@@ -901,6 +901,8 @@ def generate_mujoco_dataset(
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     if n_envs < 1:
         raise ConfigError(f"n_envs must be >= 1, got {n_envs}")
+    if rerun and level != "medium-replay":
+        raise ConfigError(f"--rerun applies to medium-replay only, not {level}")
     dataset_id = dataset_id or default_dataset_id(env, level)
 
     # Where it goes: refuse an existing dataset before any work.
