@@ -59,17 +59,10 @@ from diffplan.checkpoint import load_checkpoint
 from diffplan.state_models import load_state_model
 from diffplan.tasks.evaluation import evaluate_policy
 from diffplan.tasks.planning import data_support_guide
-from diffplan.tasks.pointmaze import PointMazeTask
+from diffplan.tasks.pointmaze import PointMazeTask, walls_guide
 from diffplan.tasks.pointmaze.maze import MazeGrid
 from diffplan.value_training import load_value
-from guides import (
-    Constraint,
-    HoldAtBest,
-    KeepOutBox,
-    ReturnConditioning,
-    ValueGuide,
-    ValueRanking,
-)
+from guides import HoldAtBest, ReturnConditioning, ValueGuide, ValueRanking
 from planners import MPCPlanner, PDTracker
 
 VARIANTS = ("unguided", "value-guide", "value-rank", "rc", "rc-rank", "rc-guide")
@@ -213,12 +206,11 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "variants": {},
     }
-    walls = []
-    if args.walls is not None:  # the map, as B1's task.options.walls: ranking only, no gradient
-        low, high = MazeGrid.from_name(args.maze).wall_boxes(args.walls)
-        walls = [Constraint(KeepOutBox(low, high, dims=(0, 1)), active_fraction=0.0, name="walls")]
+    feasibility = []  # ranking-only scores of where a plan may go
+    if args.walls is not None:  # the map, as B1's task.options.walls
+        feasibility.append(walls_guide(MazeGrid.from_name(args.maze), args.walls))
     if args.support is not None:  # the same from the data alone (plan.data_support)
-        walls.append(data_support_guide(loaded, args.support, [0, 1]))
+        feasibility.append(data_support_guide(loaded, args.support, [0, 1]))
     rows = []
     for name, scale in runs:
         ranked = name not in ("unguided", "rc")
@@ -227,7 +219,7 @@ def main() -> None:
             loaded.diffusion,
             loaded.normalizer,
             loaded.spec,
-            guide=walls
+            guide=feasibility
             + make_guides(name, value, scale, target, args.weight)
             + (
                 [HoldAtBest(reward, level=args.hold_level, refine=args.refine)]

@@ -27,6 +27,10 @@ MAX_DIMS = 3
 MAX_CELLS = 1 << 24
 
 
+class GridTooLargeError(ValueError):
+    """The grid over the data's extent would exceed MAX_CELLS nodes at the requested cell."""
+
+
 class KeepInData(_SampledPathCost):
     """violation = sum over planned points (and `samples` - 1 points on each segment between
     consecutive ones) of max(0, d(p) - radius), d(p) = distance from p to the nearest position
@@ -81,7 +85,7 @@ class KeepInData(_SampledPathCost):
         low = points.min(0) - pad
         shape = np.floor((points.max(0) + pad - low) / cell).astype(np.int64) + 2
         if math.prod(int(n) for n in shape) > MAX_CELLS:
-            raise ValueError(
+            raise GridTooLargeError(
                 f"KeepInData grid of {tuple(shape)} nodes is too large; pass a larger cell "
                 f"(now {cell})"
             )

@@ -112,6 +112,7 @@ def data_support_guide(loaded: LoadedModel, radius: float, position_dims) -> Gui
     """`plan.data_support`: rank candidates by how far they leave the positions of the
     training data (`guides.KeepInData`, a grid of radius / 4 cells); ranking only."""
     from guides import Constraint, KeepInData
+    from guides.support import GridTooLargeError
 
     if not position_dims:
         raise ConfigError(
@@ -122,12 +123,12 @@ def data_support_guide(loaded: LoadedModel, radius: float, position_dims) -> Gui
         cost = KeepInData.from_checkpoint(
             loaded, dims=position_dims, radius=radius, cell=radius / 4
         )
+    except GridTooLargeError:  # the grid's cell is radius / 4
+        raise ConfigError(
+            f"plan.data_support={radius} makes a grid of cells {radius / 4:g} too large for "
+            "the data's extent; use a larger distance"
+        ) from None
     except ValueError as e:
-        if "too large" in str(e):  # the grid's cell is radius / 4
-            raise ConfigError(
-                f"plan.data_support={radius} makes a grid of cells {radius / 4:g} too large for "
-                "the data's extent; use a larger distance"
-            ) from None
         raise ConfigError(f"plan.data_support: {e}") from None
     return Constraint(cost, active_fraction=0.0, name="data_support")
 

@@ -22,6 +22,16 @@ MAZES = ("umaze", "medium", "large")
 _DATASET = re.compile(r"pointmaze-(umaze|medium|large)(-dense)?")
 
 
+def walls_guide(grid: MazeGrid, margin: float):
+    """`task.options.walls`: rank candidates, feasibility first, by how far their path runs
+    into a wall cell of the map grown by `margin`. Ranking only: the map scores candidates, its
+    gradient does not steer them."""
+    from guides import Constraint, KeepOutBox
+
+    low, high = grid.wall_boxes(margin)
+    return Constraint(KeepOutBox(low, high, dims=(0, 1)), active_fraction=0.0, name="walls")
+
+
 @dataclass
 class PointMazeOptions:
     dense: bool = False  # dense reward exp(-distance) (and dense refs)
@@ -145,15 +155,10 @@ class PointMazeTask(Task):
             )
 
     def planner_guides(self, loaded: Any, settings: Any) -> list:
-        from guides import Constraint, Goal, KeepOutBox
+        from guides import Goal
 
         grid = MazeGrid.from_name(self.env)
-        walls = []
-        if self.options.walls is not None:
-            # Ranking only: candidates are scored by the map, not steered by its gradient.
-            low, high = grid.wall_boxes(self.options.walls)
-            walls = [Constraint(KeepOutBox(low, high, dims=(0, 1)), active_fraction=0.0,
-                                name="walls")]  # fmt: skip
+        walls = [] if self.options.walls is None else [walls_guide(grid, self.options.walls)]
         # Diffuser's Maze2D target: the goal at rest; MPC keeps the first plan's arrival time.
         # A goal in a wall or in a part of the maze the ball cannot reach is refused.
         return walls + [
