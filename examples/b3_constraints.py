@@ -267,6 +267,7 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
         action_mode="track",
         lookahead=args.lookahead,
         bend_tolerance=args.bend_tolerance,
+        data_support=args.support,
         seed=args.seed,
     )
     task = PointMazeTask(maze, {"goal_hold": args.goal_hold})
@@ -289,6 +290,20 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
             dt=0.01,
             brake=args.brake,
             margin=args.brake_margin,
+            position_dims=[0, 1],
+            velocity_dims=[2, 3],
+        )
+    if guided is not None and args.shield:
+        from planners import KeepOutShield
+
+        # The same fitted dynamics, PointMaze's velocity clip (5 per axis) and its axis-aligned
+        # walls: after every action the ball can still stop outside the disk.
+        planner.action_filter = KeepOutShield(
+            [KeepOutDisk(guided.center(maze), guided.radius)],
+            accel=23.4,
+            dt=0.01,
+            max_speed=5.0,
+            margin=args.shield_margin,
             position_dims=[0, 1],
             velocity_dims=[2, 3],
         )
@@ -333,6 +348,9 @@ def summarize(result, policy, disk: Disk, maze: str, guided: bool) -> dict:
         "plan_violating_frac": float((violations > 0).mean()) if violations.size else math.nan,
         "plans": int(violations.size),
         "jump_ratio_mean": _mean(policy.diagnostics.get("jump_ratio")),
+        # KeepOutShield: the share of executed actions it changed.
+        "shield_share": getattr(policy.planner.action_filter, "interventions", 0)
+        / max(1, sum(len(p) - 1 for p in paths)),
         "wall_time_s": result.wall_time_s,
     }
 
@@ -462,6 +480,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--brake-margin", type=float, default=0.05, help="the brake keeps this clearance"
     )
+    parser.add_argument(
+        "--support",
+        type=float,
+        default=None,
+        metavar="R",
+        help="rank plans that leave the data's positions by more than R below the rest "
+        "(plan.data_support, guides.KeepInData): a plan through a wall ranks last",
+    )
+    parser.add_argument(
+        "--shield",
+        action="store_true",
+        help="guided runs: keep every action one after which the ball can still stop outside "
+        "the disk (planners.KeepOutShield)",
+    )
+    parser.add_argument(
+        "--shield-margin", type=float, default=0.02, help="the shield keeps this clearance"
+    )
     parser.add_argument("--seed", type=int, default=0, help="planner sampling seed")
     parser.add_argument("--json", type=Path, help="write results here (e.g. runs/b3/medium.json)")
     parser.add_argument("--paths", type=Path, help="npz of executed paths (default: next to json)")
@@ -469,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.shield and args.brake is not None:
+        parser.error("--shield and --brake are two filters for the same job: pick one")
 
     maze = args.maze
     disks = [d for d in DISKS[maze] if not args.disks or d.name in args.disks]
@@ -513,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
             "bend_tolerance",
             "brake",
             "brake_margin",
+            "support",
+            "shield",
+            "shield_margin",
             "seed",
         )
     }

@@ -1,7 +1,7 @@
 """Planning loops that turn a trained trajectory model plus guides into actions."""
 
 from planners.mpc import MPCPlanner, Plan
-from planners.safety import KeepOutBrake
+from planners.safety import KeepOutBrake, KeepOutShield
 from planners.tracking import PDTracker
 
-__all__ = ["KeepOutBrake", "MPCPlanner", "PDTracker", "Plan"]
+__all__ = ["KeepOutBrake", "KeepOutShield", "MPCPlanner", "PDTracker", "Plan"]

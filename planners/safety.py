@@ -84,3 +84,126 @@ class KeepOutBrake:
             need = torch.minimum(need, (self.max_action - along).clamp(min=0.0))
             action = action + need[:, None] * normal
         return action.clamp(-self.max_action, self.max_action)
+
+
+class KeepOutShield:
+    """Filter actions (E, P) so that after each one the ball can still stop outside every
+    region, checked by simulating the stop (a discrete safety shield).
+
+    The check, for a candidate action: take one step of the point mass's dynamics (velocity
+    clipped to `max_speed` per axis, then v += accel * dt * action, p += dt * v), then brake
+    every axis at `brake` of full authority until the ball stands. An action passes when no
+    position on the way comes within `radius + margin` of a region (a ball already closer may
+    not get closer). The tracker's action is kept when it passes; otherwise the filter takes
+    the passing action closest to it on a `grid` x `grid` lattice over the action box, and
+    where none passes, the brake itself.
+
+    Walls: the model has none, and a wall changes where a ball goes. A ball pushed into a
+    corridor's floor slides along it, where the model has it move away diagonally, and it
+    slides into a disk that closes the corridor (B3's block disk, every entry measured). The
+    check therefore also simulates each position axis held still, as an axis-aligned wall
+    holds it (PointMaze's walls are), and an action must pass all three.
+
+    Unlike `KeepOutBrake`, which bounds the speed along the region's normal, this counts the
+    braking the action box really allows along the ball's path (each axis brakes on its own),
+    so it holds where the path and the normal differ, as along a wall.
+
+    regions: `guides.KeepOutDisk` objects; accel: velocity change per second per unit of
+    action (PointMaze 23.4, fitted on its data); dt: seconds per env step; max_action: the
+    action box's half-width; max_speed: the env's velocity clip per axis (PointMaze 5.0; None:
+    no clip).
+    """
+
+    def __init__(
+        self,
+        regions: Sequence,
+        accel: float,
+        dt: float,
+        max_action: float = 1.0,
+        max_speed: float | None = None,
+        brake: float = 0.9,
+        margin: float = 0.02,
+        grid: int = 21,
+        position_dims: Sequence[int] | None = None,
+        velocity_dims: Sequence[int] | None = None,
+    ):
+        for name, value in (("accel", accel), ("dt", dt), ("max_action", max_action)):
+            if not value > 0:
+                raise ValueError(f"KeepOutShield {name} must be > 0, got {value}")
+        if max_speed is not None and not max_speed > 0:
+            raise ValueError(f"KeepOutShield max_speed must be > 0 or None, got {max_speed}")
+        if not 0 < brake <= 1:
+            raise ValueError(f"KeepOutShield brake must lie in (0, 1], got {brake}")
+        if not margin >= 0:
+            raise ValueError(f"KeepOutShield margin must be >= 0, got {margin}")
+        if grid < 2:
+            raise ValueError(f"KeepOutShield grid must be >= 2 points per axis, got {grid}")
+        self.regions = list(regions)
+        self.accel, self.dt, self.max_action = float(accel), float(dt), float(max_action)
+        self.max_speed = None if max_speed is None else float(max_speed)
+        self.brake, self.margin, self.grid = float(brake), float(margin), int(grid)
+        self.position_dims = None if position_dims is None else list(position_dims)
+        self.velocity_dims = None if velocity_dims is None else list(velocity_dims)
+        self.interventions = 0  # actions changed so far (a diagnostic)
+
+    def __call__(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """observation (E, obs_dim), action (E, P) env units -> filtered action (E, P)."""
+        if self.position_dims is None or self.velocity_dims is None:
+            raise ValueError("KeepOutShield needs position_dims and velocity_dims")
+        for region in self.regions:
+            if list(region.dims) != self.position_dims:
+                raise ValueError(
+                    f"KeepOutShield region dims {list(region.dims)} differ from the position "
+                    f"dims {self.position_dims} that the actions push"
+                )
+        if not self.regions:
+            return action
+        p = observation[:, self.position_dims]
+        v = observation[:, self.velocity_dims]
+        if self.max_speed is not None:
+            v = v.clamp(-self.max_speed, self.max_speed)
+        action = action.clamp(-self.max_action, self.max_action)
+        safe = self._passes(p, v, action[:, None]).squeeze(1)  # (E,)
+        if bool(safe.all()):
+            return action
+        rows = torch.nonzero(~safe).flatten()
+        lattice = torch.linspace(-self.max_action, self.max_action, self.grid).to(action)
+        candidates = torch.cartesian_prod(*[lattice] * action.shape[1])  # (C, P)
+        passes = self._passes(p[rows], v[rows], candidates.expand(len(rows), -1, -1))
+        distance = (candidates[None] - action[rows, None]).norm(dim=-1)
+        distance = distance.masked_fill(~passes, float("inf"))
+        best = distance.argmin(dim=1)
+        step = self.accel * self.dt * self.max_action
+        stop = -(v[rows] / step).clamp(-1.0, 1.0) * self.max_action  # brake as hard as needed
+        chosen = torch.where(passes.any(dim=1)[:, None], candidates[best], stop)
+        self.interventions += len(rows)
+        action = action.clone()
+        action[rows] = chosen
+        return action
+
+    def _passes(self, p: torch.Tensor, v: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """p, v (E, P); candidates (E, C, P) -> (E, C) bool: after the action, the brake stops
+        the ball clear of every region, with the wall-free model and with each axis held."""
+        n_axes = p.shape[1]
+        masks = [torch.ones(n_axes)] + [1.0 - torch.eye(n_axes)[i] for i in range(n_axes)]
+        decel = self.brake * self.accel * self.dt * self.max_action  # speed shed per step, per axis
+        passes = torch.ones(candidates.shape[:2], dtype=torch.bool, device=p.device)
+        for mask in masks:
+            mask = mask.to(p)
+            vel = (v[:, None] + self.accel * self.dt * candidates) * mask
+            pos = p[:, None] + self.dt * vel
+            positions = [pos]
+            # Braking each axis at `decel` per step stops the fastest one in this many steps.
+            steps = int(torch.ceil(vel.abs().max() / decel).item()) if vel.numel() else 0
+            for _ in range(steps):
+                vel = torch.sign(vel) * (vel.abs() - decel).clamp(min=0.0)
+                pos = pos + self.dt * vel
+                positions.append(pos)
+            path = torch.stack(positions, dim=2)  # (E, C, S, P)
+            for region in self.regions:
+                center = region.center.to(p)
+                now = (p - center).norm(dim=-1)  # (E,)
+                floor = torch.minimum(now, torch.full_like(now, region.radius + self.margin))
+                closest = (path - center).norm(dim=-1).amin(dim=2)  # (E, C)
+                passes &= closest >= floor[:, None] - 1e-6
+        return passes

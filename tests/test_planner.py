@@ -250,6 +250,75 @@ def test_braking_filter_keeps_a_far_lookahead_out_of_the_disk():
         KeepOutBrake([], accel=1.0, dt=0.1, brake=0.0)
 
 
+def test_shield_keeps_the_ball_out_where_the_plan_goes_round():
+    """The 16-step lookahead cuts into the disk; with the shield the ball stays out and still
+    arrives. Away from the disk, or moving away from it, actions pass unchanged."""
+    from guides import KeepOutDisk
+    from planners import KeepOutShield
+
+    shield = KeepOutShield([KeepOutDisk((0.0, 0.0), 0.5)], accel=1.0, dt=0.1, max_action=5.0,
+                           margin=0.0, position_dims=[0, 1], velocity_dims=[2, 3])  # fmt: skip
+    far = PDTracker([0, 1], [2, 3], lookahead=16, action_low=-5.0, action_high=5.0)
+    closest, miss, _ = _track_arc(far, shield)
+    assert closest >= 0.5 - 1e-6 and miss < 0.1
+    assert shield.interventions > 0
+    state = torch.tensor([[3.0, 0.0, 1.0, 0.0], [0.6, 0.0, 0.5, 0.0]])
+    action = torch.tensor([[-1.0, 0.5], [-0.5, 2.0]])
+    torch.testing.assert_close(shield(state, action), action)
+    # A ball already inside may leave but not go deeper.
+    inside = torch.tensor([[0.2, 0.0, 0.0, 0.0]])
+    assert shield(inside, torch.tensor([[-5.0, 0.0]]))[0, 0] > -0.5
+    torch.testing.assert_close(
+        shield(inside, torch.tensor([[5.0, 0.0]])), torch.tensor([[5.0, 0.0]])
+    )
+    for bad, match in (
+        ({"brake": 0.0}, "brake"),
+        ({"grid": 1}, "grid"),
+        ({"max_speed": 0}, "max_speed"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            KeepOutShield([], accel=1.0, dt=0.1, **bad)
+    with pytest.raises(ValueError, match="dims"):
+        KeepOutShield([KeepOutDisk((0.0, 0.0), 0.5)], accel=1.0, dt=0.1, position_dims=[2, 3],
+                      velocity_dims=[0, 1])(state, action)  # fmt: skip
+
+
+def test_shield_holds_along_a_wall_in_pointmaze():
+    """B3's block disk closes Medium's 1-wide top corridor. A ball driven down-right past the
+    corridor's mouth hits the corridor floor and slides along it into the disk; the braking
+    filter, which brakes along the disk's normal (mostly into the floor), lets it in, and the
+    shield, which also simulates the ball held on an axis, keeps it out (real MuJoCo env)."""
+    from diffplan.tasks.pointmaze.envs import make_eval_env
+    from guides import KeepOutDisk
+    from planners import KeepOutBrake, KeepOutShield
+
+    env = make_eval_env("medium")
+    disk = KeepOutDisk((-0.5, 0.5), 0.5)
+    dims = {"position_dims": [0, 1], "velocity_dims": [2, 3]}
+
+    def closest(action_filter) -> float:
+        env.reset(seed=0)
+        point = env.unwrapped.point_env
+        point.set_state(np.array([-1.5, 1.3]), np.zeros(2))
+        obs, distance = np.concatenate([point.data.qpos, point.data.qvel]), math.inf
+        for _ in range(150):
+            action = np.clip(10.0 * (np.array([0.0, -0.3]) - obs[:2]) - 0.5 * obs[2:], -1, 1)
+            if action_filter is not None:
+                state = torch.as_tensor(obs[None], dtype=torch.float32)
+                action = action_filter(state, torch.as_tensor(action[None]).float())[0].numpy()
+            obs = env.step(action)[0]["observation"]
+            distance = min(distance, float(np.hypot(obs[0] + 0.5, obs[1] - 0.5)))
+        return distance
+
+    try:
+        assert closest(None) < 0.3  # straight in, along the floor
+        assert closest(KeepOutBrake([disk], accel=23.4, dt=0.01, **dims)) < 0.45
+        shield = KeepOutShield([disk], accel=23.4, dt=0.01, max_speed=5.0, **dims)
+        assert closest(shield) >= 0.5
+    finally:
+        env.close()
+
+
 def test_strided_plans_need_tracking_for_open_loop(model):
     diffusion, normalizer = model
     strided = TrajectorySpec(obs_dim=4, act_dim=2, horizon=16, stride=4)
