@@ -307,6 +307,16 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
             position_dims=[0, 1],
             velocity_dims=[2, 3],
         )
+    if guided is not None and args.subgoals:
+        from diffplan.checkpoint import load_checkpoint
+        from guides import KeepInData
+        from planners import RouteMap, SubgoalPlanner
+
+        # Detours longer than a plan: legs of the shortest route round the disk through where
+        # the data went (no map), each handed to the planner as its goal in turn.
+        support = KeepInData.from_checkpoint(load_checkpoint(args.checkpoint), dims=[0, 1])
+        disk = KeepOutDisk(guided.center(maze), guided.radius)
+        planner = SubgoalPlanner(planner, RouteMap(support, [disk], clearance=args.margin))
     policy = ViolationRecorder(planner)
     result = evaluate_policy(
         policy,
@@ -352,6 +362,7 @@ def summarize(result, policy, disk: Disk, maze: str, guided: bool) -> dict:
         "shield_share": getattr(policy.planner.action_filter, "interventions", 0)
         / max(1, sum(len(p) - 1 for p in paths)),
         "wall_time_s": result.wall_time_s,
+        "legs_per_episode": _mean(getattr(policy.planner, "legs_planned", [])),
     }
 
 
@@ -497,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shield-margin", type=float, default=0.02, help="the shield keeps this clearance"
     )
+    parser.add_argument(
+        "--subgoals",
+        action="store_true",
+        help="guided runs: split a route that the disk lengthens into legs, each the planner's "
+        "goal in turn (planners.SubgoalPlanner, routes through the data's positions)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="planner sampling seed")
     parser.add_argument("--json", type=Path, help="write results here (e.g. runs/b3/medium.json)")
     parser.add_argument("--paths", type=Path, help="npz of executed paths (default: next to json)")
@@ -553,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             "support",
             "shield",
             "shield_margin",
+            "subgoals",
             "seed",
         )
     }

@@ -2,6 +2,15 @@
 
 from planners.mpc import MPCPlanner, Plan
 from planners.safety import KeepOutBrake, KeepOutShield
+from planners.subgoals import RouteMap, SubgoalPlanner
 from planners.tracking import PDTracker
 
-__all__ = ["KeepOutBrake", "KeepOutShield", "MPCPlanner", "PDTracker", "Plan"]
+__all__ = [
+    "KeepOutBrake",
+    "KeepOutShield",
+    "MPCPlanner",
+    "PDTracker",
+    "Plan",
+    "RouteMap",
+    "SubgoalPlanner",
+]

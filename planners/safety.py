@@ -17,6 +17,7 @@ the ball slides round the region as the plan does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -94,9 +95,9 @@ class KeepOutShield:
     clipped to `max_speed` per axis, then v += accel * dt * action, p += dt * v), then brake
     every axis at `brake` of full authority until the ball stands. An action passes when no
     position on the way comes within `radius + margin` of a region (a ball already closer may
-    not get closer). The tracker's action is kept when it passes; otherwise the filter takes
-    the passing action closest to it on a `grid` x `grid` lattice over the action box, and
-    where none passes, the brake itself.
+    not get closer; one inside the region is let out the way its plan goes). The tracker's
+    action is kept when it passes; otherwise the filter takes the passing action closest to it
+    on a `grid` x `grid` lattice over the action box, and where none passes, the brake.
 
     Walls: the model has none, and a wall changes where a ball goes. A ball pushed into a
     corridor's floor slides along it, where the model has it move away diagonally, and it
@@ -204,6 +205,8 @@ class KeepOutShield:
                 center = region.center.to(p)
                 now = (p - center).norm(dim=-1)  # (E,)
                 floor = torch.minimum(now, torch.full_like(now, region.radius + self.margin))
+                # A ball that starts inside is let out the way its plan goes.
+                floor = floor.masked_fill(now < region.radius, -math.inf)
                 closest = (path - center).norm(dim=-1).amin(dim=2)  # (E, C)
                 passes &= closest >= floor[:, None] - 1e-6
         return passes

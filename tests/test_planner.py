@@ -265,12 +265,13 @@ def test_shield_keeps_the_ball_out_where_the_plan_goes_round():
     state = torch.tensor([[3.0, 0.0, 1.0, 0.0], [0.6, 0.0, 0.5, 0.0]])
     action = torch.tensor([[-1.0, 0.5], [-0.5, 2.0]])
     torch.testing.assert_close(shield(state, action), action)
-    # A ball already inside may leave but not go deeper.
+    # A ball inside the margin may not get closer; one inside the disk is let out its way.
+    near = KeepOutShield([KeepOutDisk((0.0, 0.0), 0.5)], accel=1.0, dt=0.1, max_action=5.0,
+                         margin=0.2, position_dims=[0, 1], velocity_dims=[2, 3])  # fmt: skip
+    in_margin = torch.tensor([[0.6, 0.0, 0.0, 0.0]])
+    assert near(in_margin, torch.tensor([[-5.0, 0.0]]))[0, 0] > -0.5
     inside = torch.tensor([[0.2, 0.0, 0.0, 0.0]])
-    assert shield(inside, torch.tensor([[-5.0, 0.0]]))[0, 0] > -0.5
-    torch.testing.assert_close(
-        shield(inside, torch.tensor([[5.0, 0.0]])), torch.tensor([[5.0, 0.0]])
-    )
+    torch.testing.assert_close(near(inside, action[:1]), action[:1])
     for bad, match in (
         ({"brake": 0.0}, "brake"),
         ({"grid": 1}, "grid"),
