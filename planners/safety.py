@@ -95,9 +95,10 @@ class KeepOutShield:
     clipped to `max_speed` per axis, then v += accel * dt * action, p += dt * v), then brake
     every axis at `brake` of full authority until the ball stands. An action passes when no
     position on the way comes within `radius + margin` of a region (a ball already closer may
-    not get closer; one inside the region is let out the way its plan goes). The tracker's
-    action is kept when it passes; otherwise the filter takes the passing action closest to it
-    on a `grid` x `grid` lattice over the action box, and where none passes, the brake.
+    not get closer; one inside the region is left alone until it is out, the way its plan
+    goes). The tracker's action is kept when it passes; otherwise the filter takes the passing
+    action closest to it on a `grid` x `grid` lattice over the action box, and where none
+    passes, the brake.
 
     Walls: the model has none, and a wall changes where a ball goes. A ball pushed into a
     corridor's floor slides along it, where the model has it move away diagonally, and it
@@ -157,16 +158,26 @@ class KeepOutShield:
                     f"KeepOutShield region dims {list(region.dims)} differ from the position "
                     f"dims {self.position_dims} that the actions push"
                 )
+        single = observation.dim() == 1
+        if single:
+            observation, action = observation[None], action.reshape(1, -1)
+        if action.shape[-1] != len(self.position_dims) or len(self.velocity_dims) != len(
+            self.position_dims
+        ):
+            raise ValueError(
+                f"KeepOutShield: actions of width {action.shape[-1]} must push the position dims "
+                f"{self.position_dims} (velocities {self.velocity_dims}) one to one"
+            )
+        action = action.clamp(-self.max_action, self.max_action)
         if not self.regions:
-            return action
+            return action[0] if single else action
         p = observation[:, self.position_dims]
         v = observation[:, self.velocity_dims]
         if self.max_speed is not None:
             v = v.clamp(-self.max_speed, self.max_speed)
-        action = action.clamp(-self.max_action, self.max_action)
         safe = self._passes(p, v, action[:, None]).squeeze(1)  # (E,)
         if bool(safe.all()):
-            return action
+            return action[0] if single else action
         rows = torch.nonzero(~safe).flatten()
         lattice = torch.linspace(-self.max_action, self.max_action, self.grid).to(action)
         candidates = torch.cartesian_prod(*[lattice] * action.shape[1])  # (C, P)
@@ -180,7 +191,7 @@ class KeepOutShield:
         self.interventions += len(rows)
         action = action.clone()
         action[rows] = chosen
-        return action
+        return action[0] if single else action
 
     def _passes(self, p: torch.Tensor, v: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """p, v (E, P); candidates (E, C, P) -> (E, C) bool: after the action, the brake stops

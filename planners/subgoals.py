@@ -40,6 +40,9 @@ class RouteMap:
     def __init__(self, support, regions: Sequence = (), clearance: float = 0.1):
         if len(support.dims) != 2:
             raise ValueError(f"RouteMap works on 2 position dims, got {len(support.dims)}")
+        if not clearance >= 0:
+            raise ValueError(f"RouteMap clearance must be >= 0, got {clearance}")
+        self.dims = list(support.dims)
         for region in regions:
             if list(region.dims) != list(support.dims):
                 raise ValueError(
@@ -81,6 +84,8 @@ class RouteMap:
     def nearest_node(self, xy, avoid_regions: bool = True) -> int:
         """The open grid node closest to an env-unit position."""
         open_nodes = np.flatnonzero(self._open[avoid_regions])
+        if len(open_nodes) == 0:
+            raise ValueError("RouteMap has no open node: the keep-out regions cover the data")
         d = np.linalg.norm(self.nodes_xy[open_nodes] - np.asarray(xy, dtype=np.float64), axis=1)
         return int(open_nodes[np.argmin(d)])
 
@@ -113,6 +118,10 @@ class RouteMap:
         the leg's start is within `tolerance` of its length along the route; there the short
         way through a region ties with the route, so the leg ends `backoff` (env units) before
         it, where the route is clearly the short way. The last leg ends at the goal."""
+        if not (tolerance > 0 and backoff >= 0):
+            raise ValueError(
+                f"subgoals need tolerance > 0 and backoff >= 0, got {tolerance}, {backoff}"
+            )
         goal = np.array(goal, dtype=np.float64)  # a copy: the legs outlive the caller's array
         route = self.route(start, goal)
         if route is None or len(route) < 2:
@@ -140,11 +149,14 @@ class SubgoalPlanner:
     """Wrap a goal-reaching planner (`MPCPlanner` or the like): per episode, the legs of
     `route_map.subgoals` from the ball's first position to its goal; the planner is given the
     current leg's end as its goal, and a fresh episode clock (`reset`) when the ball comes
-    within `switch_radius` of it. Other attributes are the wrapped planner's."""
+    within `switch_radius` of it. Other attributes are read from the wrapped planner; set
+    them (e.g. `action_filter`) on the wrapped planner itself."""
 
     def __init__(self, planner, route_map: RouteMap, switch_radius: float = 0.5, tolerance=0.5):
         if not switch_radius > 0:
             raise ValueError(f"SubgoalPlanner switch_radius must be > 0, got {switch_radius}")
+        if not tolerance > 0:
+            raise ValueError(f"SubgoalPlanner tolerance must be > 0, got {tolerance}")
         self.planner = planner
         self.route_map = route_map
         self.switch_radius = float(switch_radius)
@@ -152,8 +164,11 @@ class SubgoalPlanner:
         self._legs: dict[int, list[np.ndarray]] = {}
         self._goals: dict[int, np.ndarray] = {}
         self.legs_planned: list[int] = []  # legs per episode (a diagnostic)
+        self._rows: int | None = None  # rows of the last call without env_indices
 
     def __getattr__(self, name):
+        if name == "planner":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
         return getattr(self.planner, name)
 
     def reset(self, env_indices: list[int] | None = None) -> None:
@@ -163,12 +178,27 @@ class SubgoalPlanner:
         self.planner.reset(env_indices)
 
     def act(self, observation, goal, env_indices=None) -> np.ndarray:
+        if goal is None:  # nothing to route to
+            return self.planner.act(observation, goal, env_indices)
         obs = np.asarray(observation, dtype=np.float64)
         single = obs.ndim == 1
         obs2 = obs[None] if single else obs
-        goals = np.broadcast_to(np.asarray(goal, dtype=np.float64), (len(obs2), 2)).copy()
-        slots = list(range(len(obs2))) if env_indices is None else [int(k) for k in env_indices]
-        dims = self.planner.position_dims
+        goal = np.asarray(goal, dtype=np.float64)
+        if goal.shape[-1] != len(self.route_map.dims):
+            raise ValueError(
+                f"SubgoalPlanner goals must be positions on the route map's dims "
+                f"{self.route_map.dims}, got shape {goal.shape}"
+            )
+        goals = np.broadcast_to(goal, (len(obs2), goal.shape[-1])).copy()
+        if env_indices is None:
+            slots = list(range(len(obs2)))
+            if self._rows != len(obs2):  # the wrapped planner starts every slot fresh, too
+                self._legs.clear()
+                self._goals.clear()
+                self._rows = len(obs2)
+        else:
+            slots = [int(k) for k in env_indices]
+        dims = self.route_map.dims
         restart = []
         for row, slot in enumerate(slots):
             position = obs2[row, dims]

@@ -265,6 +265,7 @@ def test_shield_keeps_the_ball_out_where_the_plan_goes_round():
     state = torch.tensor([[3.0, 0.0, 1.0, 0.0], [0.6, 0.0, 0.5, 0.0]])
     action = torch.tensor([[-1.0, 0.5], [-0.5, 2.0]])
     torch.testing.assert_close(shield(state, action), action)
+    torch.testing.assert_close(shield(state[0], action[0]), action[0])  # one env, (obs_dim,)
     # A ball inside the margin may not get closer; one inside the disk is let out its way.
     near = KeepOutShield([KeepOutDisk((0.0, 0.0), 0.5)], accel=1.0, dt=0.1, max_action=5.0,
                          margin=0.2, position_dims=[0, 1], velocity_dims=[2, 3])  # fmt: skip

@@ -80,5 +80,22 @@ def test_subgoal_planner_hands_over_one_leg_at_a_time():
     planner.act(obs, np.stack([GOAL, GOAL]))
     np.testing.assert_allclose(inner.goals[-1][0], leg)
     assert planner.position_dims == [0, 1]
-    with pytest.raises(ValueError, match="switch_radius"):
-        SubgoalPlanner(inner, route_map, switch_radius=0.0)
+    # A loop whose finished envs drop out passes the live slots: env 1 alone keeps its goal,
+    # and the legs were copied, so changing the caller's goal array changes nothing planned.
+    goal = GOAL.copy()
+    planner.act(obs[1:], goal[None], env_indices=[1])
+    goal[:] = 9.0
+    np.testing.assert_allclose(inner.goals[-1], [GOAL])
+    planner.act(obs[:1], GOAL[None], env_indices=[0])
+    np.testing.assert_allclose(inner.goals[-1], [leg])
+    # One observation (obs_dim,), and a task without a goal, pass through.
+    planner.reset()
+    planner.act(obs[0], GOAL)
+    np.testing.assert_allclose(inner.goals[-1], leg)
+    planner.act(obs, None)
+    assert inner.goals[-1].shape == ()  # None, as given
+    for bad, match in (({"switch_radius": 0.0}, "switch_radius"), ({"tolerance": 0}, "tolerance")):
+        with pytest.raises(ValueError, match=match):
+            SubgoalPlanner(inner, route_map, **bad)
+    with pytest.raises(ValueError, match="route map's dims"):
+        planner.act(obs, np.zeros((2, 3)))
