@@ -23,6 +23,27 @@ from collections.abc import Sequence
 import torch
 
 
+def _set_point_mass(filter_, regions, accel, dt, max_action, brake, margin) -> None:
+    """Check and set the point-mass settings that both filters share."""
+    kind = type(filter_).__name__
+    for name, value in (("accel", accel), ("dt", dt), ("max_action", max_action)):
+        if not value > 0:
+            raise ValueError(f"{kind} {name} must be > 0, got {value}")
+    if not 0 < brake <= 1:
+        raise ValueError(f"{kind} brake must lie in (0, 1], got {brake}")
+    if not margin >= 0:
+        raise ValueError(f"{kind} margin must be >= 0, got {margin}")
+    filter_.regions = list(regions)
+    filter_.accel, filter_.dt, filter_.max_action = float(accel), float(dt), float(max_action)
+    filter_.brake, filter_.margin = float(brake), float(margin)
+
+
+def _set_layout(filter_, position_dims, velocity_dims) -> None:
+    """None: the planner fills in its own layout when the filter is attached."""
+    filter_.position_dims = None if position_dims is None else list(position_dims)
+    filter_.velocity_dims = None if velocity_dims is None else list(velocity_dims)
+
+
 class KeepOutBrake:
     """Filter actions (E, P) so the point mass brakes before entering any of `regions`.
 
@@ -47,18 +68,8 @@ class KeepOutBrake:
         position_dims: Sequence[int] | None = None,
         velocity_dims: Sequence[int] | None = None,
     ):
-        for name, value in (("accel", accel), ("dt", dt), ("max_action", max_action)):
-            if not value > 0:
-                raise ValueError(f"KeepOutBrake {name} must be > 0, got {value}")
-        if not 0 < brake <= 1:
-            raise ValueError(f"KeepOutBrake brake must lie in (0, 1], got {brake}")
-        if not margin >= 0:
-            raise ValueError(f"KeepOutBrake margin must be >= 0, got {margin}")
-        self.regions = list(regions)
-        self.accel, self.dt, self.max_action = float(accel), float(dt), float(max_action)
-        self.brake, self.margin = float(brake), float(margin)
-        self.position_dims = None if position_dims is None else list(position_dims)
-        self.velocity_dims = None if velocity_dims is None else list(velocity_dims)
+        _set_point_mass(self, regions, accel, dt, max_action, brake, margin)
+        _set_layout(self, position_dims, velocity_dims)
 
     def __call__(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """observation (E, obs_dim), action (E, P) env units -> filtered action (E, P)."""
@@ -129,23 +140,14 @@ class KeepOutShield:
         position_dims: Sequence[int] | None = None,
         velocity_dims: Sequence[int] | None = None,
     ):
-        for name, value in (("accel", accel), ("dt", dt), ("max_action", max_action)):
-            if not value > 0:
-                raise ValueError(f"KeepOutShield {name} must be > 0, got {value}")
+        _set_point_mass(self, regions, accel, dt, max_action, brake, margin)
         if max_speed is not None and not max_speed > 0:
             raise ValueError(f"KeepOutShield max_speed must be > 0 or None, got {max_speed}")
-        if not 0 < brake <= 1:
-            raise ValueError(f"KeepOutShield brake must lie in (0, 1], got {brake}")
-        if not margin >= 0:
-            raise ValueError(f"KeepOutShield margin must be >= 0, got {margin}")
         if grid < 2:
             raise ValueError(f"KeepOutShield grid must be >= 2 points per axis, got {grid}")
-        self.regions = list(regions)
-        self.accel, self.dt, self.max_action = float(accel), float(dt), float(max_action)
         self.max_speed = None if max_speed is None else float(max_speed)
-        self.brake, self.margin, self.grid = float(brake), float(margin), int(grid)
-        self.position_dims = None if position_dims is None else list(position_dims)
-        self.velocity_dims = None if velocity_dims is None else list(velocity_dims)
+        self.grid = int(grid)
+        _set_layout(self, position_dims, velocity_dims)
         self.interventions = 0  # actions changed so far (a diagnostic)
 
     def __call__(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
