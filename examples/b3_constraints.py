@@ -383,7 +383,13 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(path: Path, maze: str, disks: list[Disk], paths: dict[str, list[np.ndarray]]) -> None:
+def plot(
+    path: Path,
+    maze: str,
+    disks: list[Disk],
+    paths: dict[str, list[np.ndarray]],
+    guided_label: str = "with guide",
+) -> None:
     """Rows: disks; columns: executed paths without / with the guide (red: entered the disk from
     outside; orange: started inside; blue: stayed out)."""
     import matplotlib
@@ -400,7 +406,7 @@ def plot(path: Path, maze: str, disks: list[Disk], paths: dict[str, list[np.ndar
     for row, disk in zip(axes, shown, strict=True):
         for ax, (label, runs) in zip(
             row,
-            [("without guide", paths["unguided"]), ("with guide", paths.get(disk.name, []))],
+            [("without guide", paths["unguided"]), (guided_label, paths.get(disk.name, []))],
             strict=True,
         ):
             plot_maze(ax, MAZE_MAPS[maze])
@@ -518,6 +524,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write results here (e.g. runs/b3/medium.json)")
     parser.add_argument("--paths", type=Path, help="npz of executed paths (default: next to json)")
     parser.add_argument("--plot", type=Path, help="PNG: maze, disks, executed paths")
+    parser.add_argument(
+        "--plot-paths",
+        nargs="+",
+        type=Path,
+        metavar="NPZ",
+        help="run nothing: plot --plot from saved paths files (an unguided run's first; later "
+        "files add or replace disks)",
+    )
+    parser.add_argument("--plot-label", default="with guide", help="the guided column's title")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
@@ -528,6 +543,20 @@ def main(argv: list[str] | None = None) -> int:
     disks = [d for d in DISKS[maze] if not args.disks or d.name in args.disks]
     if args.disks and len(disks) != len(args.disks):
         parser.error(f"unknown disk in {args.disks}; known: {[d.name for d in DISKS[maze]]}")
+    if args.plot_paths:
+        if args.plot is None:
+            parser.error("--plot-paths needs --plot FILE.png")
+        if args.plot.exists() and not args.overwrite:
+            parser.error(f"{args.plot} exists; pass --overwrite to replace it")
+        saved: dict[str, list[np.ndarray]] = {}
+        for npz in args.plot_paths:
+            with np.load(npz) as runs:
+                saved.update({k: list(runs[k]) for k in runs.files})
+        if "unguided" not in saved:
+            parser.error(f"none of {[str(f) for f in args.plot_paths]} holds unguided paths")
+        plot(args.plot, maze, disks, saved, args.plot_label)
+        print(f"wrote {args.plot}")
+        return 0
     paths_file = args.paths or (args.json.with_suffix(".paths.npz") if args.json else None)
     for out in (args.json, args.plot, paths_file):
         if out is not None and out.exists() and not args.overwrite:
