@@ -230,12 +230,14 @@ class ViolationRecorder:
 
 def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
     """One evaluation: unguided (monitors every disk) or guided by `guided`'s constraint."""
+    from diffplan.checkpoint import load_checkpoint
     from diffplan.config import PlanConfig
     from diffplan.tasks.evaluation import evaluate_policy
     from diffplan.tasks.planning import build_planner
     from diffplan.tasks.pointmaze import PointMazeTask
     from guides import Constraint, KeepOutDisk
 
+    loaded = load_checkpoint(args.checkpoint)  # read once: the planner and the guides share it
     if guided is None:
         extra = [
             Constraint(
@@ -272,14 +274,12 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
     )
     task = PointMazeTask(maze, {"goal_hold": args.goal_hold})
     if args.step_limit is not None:
-        from diffplan.checkpoint import load_checkpoint
         from guides import StepLimit
 
         # Plans that jump further than the data moves rank last (a gradient that pushed them
         # through a wall); "jump_ratio" in the diagnostics measures every chosen plan.
-        loaded = load_checkpoint(args.checkpoint)
         extra.append(StepLimit.from_checkpoint(loaded, dims=[0, 1], tolerance=args.step_limit))
-    planner = build_planner(args.checkpoint, task, settings, extra_guides=extra)
+    planner = build_planner(loaded, task, settings, extra_guides=extra)
     if guided is not None and args.brake is not None:
         from planners import KeepOutBrake
 
@@ -308,13 +308,12 @@ def run_config(args, maze: str, disks: list[Disk], guided: Disk | None):
             velocity_dims=[2, 3],
         )
     if guided is not None and args.subgoals:
-        from diffplan.checkpoint import load_checkpoint
         from guides import KeepInData
         from planners import RouteMap, SubgoalPlanner
 
         # Detours longer than a plan: legs of the shortest route round the disk through where
         # the data went (no map), each handed to the planner as its goal in turn.
-        support = KeepInData.from_checkpoint(load_checkpoint(args.checkpoint), dims=[0, 1])
+        support = KeepInData.from_checkpoint(loaded, dims=[0, 1])
         disk = KeepOutDisk(guided.center(maze), guided.radius)
         planner = SubgoalPlanner(planner, RouteMap(support, [disk], clearance=args.margin))
     policy = ViolationRecorder(planner)

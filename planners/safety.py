@@ -202,6 +202,13 @@ class KeepOutShield:
         masks = [torch.ones(n_axes)] + [1.0 - torch.eye(n_axes)[i] for i in range(n_axes)]
         decel = self.brake * self.accel * self.dt * self.max_action  # speed shed per step, per axis
         passes = torch.ones(candidates.shape[:2], dtype=torch.bool, device=p.device)
+        # Per region and env: the distance a position must keep. A ball already closer than
+        # radius + margin may not get closer; one that starts inside is let out its plan's way.
+        floors = []
+        for region in self.regions:
+            now = (p - region.center.to(p)).norm(dim=-1)  # (E,)
+            floor = torch.minimum(now, torch.full_like(now, region.radius + self.margin))
+            floors.append(floor.masked_fill(now < region.radius, -math.inf))
         for mask in masks:
             mask = mask.to(p)
             vel = (v[:, None] + self.accel * self.dt * candidates) * mask
@@ -214,12 +221,7 @@ class KeepOutShield:
                 pos = pos + self.dt * vel
                 positions.append(pos)
             path = torch.stack(positions, dim=2)  # (E, C, S, P)
-            for region in self.regions:
-                center = region.center.to(p)
-                now = (p - center).norm(dim=-1)  # (E,)
-                floor = torch.minimum(now, torch.full_like(now, region.radius + self.margin))
-                # A ball that starts inside is let out the way its plan goes.
-                floor = floor.masked_fill(now < region.radius, -math.inf)
-                closest = (path - center).norm(dim=-1).amin(dim=2)  # (E, C)
+            for region, floor in zip(self.regions, floors, strict=True):
+                closest = (path - region.center.to(p)).norm(dim=-1).amin(dim=2)  # (E, C)
                 passes &= closest >= floor[:, None] - 1e-6
         return passes
