@@ -520,6 +520,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--inverse-dynamics", default=None, metavar="FILE", help="default: inverse.pt beside it"
     )
+    p.add_argument(
+        "--critic", default=None, metavar="FILE", help="rank by this critic (default: plan.critic)"
+    )
     p.add_argument("--episodes", type=int, default=None, help="default: task.episodes (100)")
     p.add_argument("--n-envs", type=int, default=None, help="envs planned in one batch (10)")
     p.add_argument("--seed", type=int, default=None, help="default: task.seed (123)")
@@ -575,6 +578,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         settings=config.plan,
         value=args.value,
         inverse_dynamics=args.inverse_dynamics,
+        critic=args.critic,
         episodes=args.episodes or config.task.episodes,
         n_envs=args.n_envs or config.task.n_envs,
         seed=config.task.seed if args.seed is None else args.seed,
@@ -591,6 +595,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "planner": vars(config.plan),
             "checkpoint": args.checkpoint,
             "value": args.value,
+            "critic": args.critic or config.plan.critic,
             "command": " ".join(sys.argv),
         }
         write_json_atomic(args.json, payload)
@@ -648,6 +653,42 @@ def _train_for_checkpoint(args, module: str, function: str, label: str, **extra)
     )
     print(f"{label}: {path}")
     return 0
+
+
+# ----------------------------------------------------------------------------- train-critic
+
+
+def add_train_critic_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the diffusion model's checkpoint")
+    p.add_argument(
+        "--out", default=None, help="default: critic.pt beside the checkpoint (plan.critic)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--steps", type=int, default=None, help="default: critic.steps of the config")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: half the cores)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="critic.* settings, e.g. critic.expectile=0.9",
+    )
+
+
+def cmd_train_critic(args: argparse.Namespace) -> int:
+    args.out = args.out or str(Path(args.checkpoint).with_name("critic.pt"))
+    for item in args.overrides:
+        if not item.split("=", 1)[0].strip().startswith("critic."):
+            raise DiffplanError(
+                f"override '{item}': train-critic takes critic.* settings only "
+                "(e.g. critic.expectile=0.9)"
+            )
+    return _train_for_checkpoint(
+        args, "diffplan.critic", "train_critic", "critic", overrides=list(args.overrides)
+    )
 
 
 # ----------------------------------------------------------------------------- train-state-model
@@ -807,6 +848,12 @@ SUBCOMMANDS: list[Subcommand] = [
     ),
     Subcommand(
         "train-value", "train a value network for guidance", add_train_value_args, cmd_train_value
+    ),
+    Subcommand(
+        "train-critic",
+        "train an in-support critic (IQL's Q and V) to rank plans",
+        add_train_critic_args,
+        cmd_train_critic,
     ),
     Subcommand(
         "train-state-model",

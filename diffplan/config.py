@@ -106,6 +106,22 @@ class ValueConfig:
 
 
 @dataclass
+class CriticConfig:
+    """IQL's in-support critic, Q(s, a) and V(s) (`diffplan train-critic`, diffplan/critic.py).
+
+    Defaults are IQL's locomotion settings (Kostrikov et al., 2022): expectile 0.7, discount
+    0.99, two hidden layers of 256, Adam 3e-4, batch 256, target update 0.005."""
+
+    expectile: float = 0.7
+    discount: float = 0.99
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    steps: int = 100000
+    batch_size: int = 256
+    lr: float = 3e-4
+    target_update: float = 0.005
+
+
+@dataclass
 class PlanConfig:
     """How the planner acts at evaluation (`diffplan evaluate` flags override each one)."""
 
@@ -142,6 +158,10 @@ class PlanConfig:
     value_guide_steps: int = 2
     value_t_stopgrad: int = 2
     value_scale_grad_by_std: bool = True
+    # Rank candidates by an in-support critic's Q(first state, first action) (IDQL-style;
+    # `diffplan train-critic`): the critic file, relative to the checkpoint's folder unless
+    # absolute; `evaluate --critic FILE` overrides it. null: no critic.
+    critic: str | None = None
 
 
 @dataclass
@@ -171,6 +191,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
 
@@ -341,7 +362,7 @@ def validate_config(config: Config, source: str | _Sources = "the config") -> No
     `ConfigError` naming its key, where it came from, what it must be and what it is."""
     sources = source if isinstance(source, _Sources) else _Sources(source)
     d, m, f, t = config.data, config.model, config.diffusion, config.train
-    v, p = config.value, config.plan
+    v, p, c = config.value, config.plan, config.critic
 
     def finite(x: float | None, low: float = -math.inf) -> bool:
         return x is not None and math.isfinite(x) and x >= low
@@ -414,6 +435,15 @@ def validate_config(config: Config, source: str | _Sources = "the config") -> No
         ("value.steps", v.steps >= 1, ">= 1"),
         ("value.batch_size", v.batch_size >= 1, ">= 1"),
         ("value.lr", finite(v.lr) and v.lr > 0, "a finite number > 0"),
+        ("critic.expectile", finite(c.expectile) and 0.0 < c.expectile < 1.0, "in (0, 1)"),
+        ("critic.discount", finite(c.discount, 0.0) and c.discount < 1.0, "in [0, 1)"),
+        ("critic.hidden", len(c.hidden) >= 1 and all(x >= 1 for x in c.hidden),
+         "a non-empty list of layer widths >= 1"),
+        ("critic.steps", c.steps >= 1, ">= 1"),
+        ("critic.batch_size", c.batch_size >= 1, ">= 1"),
+        ("critic.lr", finite(c.lr) and c.lr > 0, "a finite number > 0"),
+        ("critic.target_update", finite(c.target_update) and 0.0 < c.target_update <= 1.0,
+         "in (0, 1]"),
         ("plan.n_candidates", p.n_candidates >= 1, ">= 1"),
         ("plan.sampler", p.sampler in SAMPLERS, choice(SAMPLERS)),
         ("plan.sampling_steps", p.sampling_steps >= 1, ">= 1"),
@@ -426,6 +456,8 @@ def validate_config(config: Config, source: str | _Sources = "the config") -> No
         ("plan.data_support", p.data_support is None
          or (finite(p.data_support) and p.data_support > 0),
          "null or a distance > 0 (e.g. 0.2 on PointMaze)"),
+        ("plan.critic", p.critic is None or p.critic.strip() != "",
+         "null or a critic file name (e.g. critic.pt)"),
     ]  # fmt: skip
     for key, ok, requirement in rules:
         if not ok:

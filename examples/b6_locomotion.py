@@ -29,27 +29,71 @@ from diffplan.tasks.evaluation import mean_se
 from diffplan.tasks.planning import evaluate_checkpoint, evaluation_config
 from diffplan.trainer import load_episodes
 
-# name -> (model: joint | states-only, plan overrides, uses the value net). The guided variants
-# keep the checkpoint's guide scale and t_stopgrad: Diffuser's are per env (0.1 and 2 on Hopper
-# and Walker2d, 0.001 and 4 on HalfCheetah), and the B6 configs carry them.
-VARIANTS: dict[str, tuple[str, list[str], bool]] = {
+# name -> (model: joint | states-only, plan overrides, scorer: "value" | "critic" | None). The
+# guided variants keep the checkpoint's guide scale and t_stopgrad: Diffuser's are per env (0.1
+# and 2 on Hopper and Walker2d, 0.001 and 4 on HalfCheetah), and the B6 configs carry them.
+# The critic variants rank by `--critic` (IQL's Q of each plan's first step; train-critic).
+VARIANTS: dict[str, tuple[str, list[str], str | None]] = {
     "diffuser": ("joint", ["plan.sampler=ddpm", "plan.sampling_steps=20",
-                           "plan.n_candidates=64"], True),
+                           "plan.n_candidates=64"], "value"),
     "fast-guide": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
-                             "plan.n_candidates=16"], True),
+                             "plan.n_candidates=16"], "value"),
     "fast-rank": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
-                            "plan.n_candidates=16", "plan.value_scale=0"], True),
+                            "plan.n_candidates=16", "plan.value_scale=0"], "value"),
     "rank-64": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
-                          "plan.n_candidates=64", "plan.value_scale=0"], True),
+                          "plan.n_candidates=64", "plan.value_scale=0"], "value"),
     "warm-rank": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=3",
                             "plan.warm_start=true", "plan.warm_start_t=5",
-                            "plan.n_candidates=16", "plan.value_scale=0"], True),
+                            "plan.n_candidates=16", "plan.value_scale=0"], "value"),
     "unguided": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
-                           "plan.n_candidates=1"], False),
+                           "plan.n_candidates=1"], None),
     "states-only-id-rank": ("states-only", ["plan.sampler=ddim", "plan.sampling_steps=5",
                                             "plan.n_candidates=16", "plan.value_scale=0",
-                                            "plan.action_mode=inverse-dynamics"], True),
+                                            "plan.action_mode=inverse-dynamics"], "value"),
+    "critic-rank": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
+                              "plan.n_candidates=16", "plan.value_scale=0"], "critic"),
+    "critic-rank-64": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
+                                 "plan.n_candidates=64", "plan.value_scale=0"], "critic"),
+    "critic-warm-n8": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=2",
+                                 "plan.warm_start=true", "plan.warm_start_t=5",
+                                 "plan.n_candidates=8", "plan.value_scale=0"], "critic"),
+    "critic-warm-n16": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=2",
+                                  "plan.warm_start=true", "plan.warm_start_t=5",
+                                  "plan.n_candidates=16", "plan.value_scale=0"], "critic"),
+    "critic-ddim2-n16": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=2",
+                                   "plan.n_candidates=16", "plan.value_scale=0"], "critic"),
 }  # fmt: skip
+
+
+class MeanActionPolicy:
+    """The behaviour policy that made the data, acting with its mean action (no sampling
+    noise): a peer that shows how much of a planner's gain is only the dropped noise."""
+
+    description = "behaviour policy, mean action"
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def reset(self, env_indices=None) -> None:
+        pass
+
+    def act(self, observations, goals=None, env_indices=None):
+        return self.policy.act(observations, deterministic=True)
+
+
+def evaluate_behaviour_mean(config, task, episodes: int, n_envs: int, seed: int):
+    """The shipped policy of the dataset's level (diffplan/<env>-<level>-v0; medium for the
+    medium-replay and medium-expert mixes) with its mean action."""
+    from diffplan.tasks.evaluation import evaluate_policy
+    from diffplan.tasks.locomotion.datasets import load_level_policy
+
+    level = str(config.data.dataset).split("-", 1)[1].rsplit("-v", 1)[0]
+    level = "medium" if level.startswith("medium") else level
+    policy = load_level_policy(task.env, level)
+    return evaluate_policy(
+        MeanActionPolicy(policy), task, episodes=episodes, seed=seed, n_envs=n_envs,
+        progress=False,
+    )  # fmt: skip
 
 
 def behaviour_data(config, task) -> dict:
@@ -69,7 +113,8 @@ def behaviour_data(config, task) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="joint [action | state] model")
-    p.add_argument("--value", required=True)
+    p.add_argument("--value", default=None, help="value net (the value variants)")
+    p.add_argument("--critic", default=None, help="critic (the critic-* variants; train-critic)")
     p.add_argument("--states-only", default=None, help="states-only model (inverse.pt beside)")
     p.add_argument("--states-only-value", default=None)
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -102,17 +147,35 @@ def main() -> None:
         report["behaviour_data"] = behaviour_data(joint.config, task)
         report["dataset"] = joint.config.data.dataset
         report["checkpoint"] = {"path": args.checkpoint, "step": joint.step}
-    models = {"joint": (joint, args.value)}
+    models = {"joint": (joint, {"value": args.value, "critic": args.critic})}
     if args.states_only:
-        models["states-only"] = (load_checkpoint(args.states_only), args.states_only_value)
+        so = load_checkpoint(args.states_only)
+        models["states-only"] = (so, {"value": args.states_only_value, "critic": None})
     for other in args.merge:
         for name, entry in json.loads(Path(other).read_text())["variants"].items():
             report["variants"].setdefault(name, entry)
-    for name in filter(None, args.variants.split(",")):
-        kind, overrides, uses_value = VARIANTS[name]
+    names = list(filter(None, args.variants.split(",")))
+    unknown = [n for n in names if n not in VARIANTS and n != "behaviour-mean"]
+    if unknown:
+        p.error(f"unknown variants {unknown}; known: behaviour-mean, {', '.join(VARIANTS)}")
+    if "behaviour-mean" in names and "behaviour-mean" not in report["variants"]:
+        result = evaluate_behaviour_mean(
+            joint.config, task, args.episodes, min(args.n_envs, args.episodes), args.seed
+        )
+        print(result.format_table(), flush=True)
+        report["variants"]["behaviour-mean"] = {**result.to_dict(), "model": "behaviour policy"}
+        _write(out, report)
+    for name in names:
+        if name == "behaviour-mean":
+            continue
+        kind, overrides, scorer = VARIANTS[name]
         if name in report["variants"] or kind not in models:
             continue
-        loaded, value = models[kind]
+        loaded, files = models[kind]
+        if scorer is not None and files[scorer] is None:
+            print(f"skipping {name}: it needs --{scorer}" if kind == "joint" else
+                  f"skipping {name}: it needs --states-only-{scorer}")  # fmt: skip
+            continue
         episodes = args.diffuser_episodes if name == "diffuser" else args.episodes
         task = task_for(loaded.config)
         task.check_model(loaded)
@@ -120,7 +183,8 @@ def main() -> None:
             loaded,
             task,
             settings=evaluation_config(loaded, overrides).plan,
-            value=value if uses_value else None,
+            value=files["value"] if scorer == "value" else None,
+            critic=files["critic"] if scorer == "critic" else None,
             episodes=episodes,
             n_envs=min(args.n_envs, episodes),
             seed=args.seed,
@@ -129,25 +193,21 @@ def main() -> None:
         entry = result.to_dict()
         entry.update(overrides=overrides, model=kind, model_step=loaded.step)
         report["variants"][name] = entry
-        tmp = out.with_suffix(".tmp")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, out)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out)
+        _write(out, report)
+    _write(out, report)
     print(format_table(report))
     if args.gif:
         from diffplan.tasks.planning import build_planner
         from diffplan.tasks.render import record_episode
 
-        fast = {k: v for k, v in report["variants"].items() if k != "diffuser"}
+        fast = {k: v for k, v in report["variants"].items() if k in VARIANTS and k != "diffuser"}
         best = max(fast, key=lambda k: fast[k]["scores"][0]["mean"])
-        kind, overrides, uses_value = VARIANTS[best]
-        loaded, value = models[kind]
+        kind, overrides, scorer = VARIANTS[best]
+        loaded, files = models[kind]
         planner = build_planner(
             loaded, task_for(loaded.config), evaluation_config(loaded, overrides).plan,
-            value=value if uses_value else None,
+            value=files["value"] if scorer == "value" else None,
+            critic=files["critic"] if scorer == "critic" else None,
         )  # fmt: skip
         info = record_episode(planner, task_for(loaded.config), args.gif, seed=args.seed)
         print(f"gif: {args.gif} ({best}, episode 0: return {info['return']:.0f}, "
@@ -162,6 +222,14 @@ def main() -> None:
             title=f"{report['dataset']}: per-episode returns",
             reference=("behaviour data mean", data["return_mean"]),
         )
+
+
+def _write(out: Path, report: dict) -> None:
+    """Atomically: a killed run keeps the variants it finished."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, out)
 
 
 def format_table(report: dict) -> str:

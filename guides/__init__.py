@@ -14,6 +14,7 @@ from guides.constraints import (
     Smoothness,
     StateBounds,
 )
+from guides.critic import CriticRanking
 from guides.dynamics import StepLimit
 from guides.hold import HoldAtBest
 from guides.inpaint import Goal, StartState, Waypoints
@@ -26,6 +27,7 @@ __all__ = [
     "Compose",
     "Constraint",
     "Cost",
+    "CriticRanking",
     "Goal",
     "Guide",
     "GuideContext",

@@ -301,3 +301,56 @@ print(info["steps"], info["return"])
 
     gif = Image.open(tmp_path / "ep.gif")
     assert gif.n_frames == 11 and gif.size == (240, 240)  # every 4th of 40 steps + the start
+
+
+def test_critic_trains_from_the_cli_and_ranks_the_planner_evaluate_runs(
+    hopper_run, capsys, tmp_path
+):
+    from diffplan.checkpoint import load_checkpoint
+    from diffplan.tasks.planning import build_planner, evaluation_config
+
+    checkpoint, value = hopper_run
+    critic = checkpoint.with_name("critic.pt")  # the default --out: what plan.critic names
+    args = ["train-critic", "--checkpoint", str(checkpoint), "--steps", "40", "--no-progress",
+            "critic.hidden=[16]"]  # fmt: skip
+    assert cli(args) == 0 and critic.is_file()
+    assert cli(args) == 1 and "--overwrite" in capsys.readouterr().err  # never silently replaced
+    out = tmp_path / "eval.json"
+    code = cli(
+        ["evaluate", "--checkpoint", str(checkpoint), "--episodes", "2", "--n-envs", "2",
+         "--json", str(out), "--no-progress", "task.max_episode_steps=8", "plan.critic=critic.pt",
+         *FAST_PLAN]
+    )  # fmt: skip
+    assert code == 0 and "critic ranking (critic.pt)" in capsys.readouterr().out
+    loaded = load_checkpoint(checkpoint)
+    settings = evaluation_config(loaded, [*FAST_PLAN, "plan.critic=critic.pt"]).plan
+    planner = build_planner(loaded, settings=settings)
+    actions = planner.act(np.stack([gym.make("Hopper-v5").reset(seed=s)[0] for s in range(2)]))
+    assert actions.shape == (2, 3) and "q" in planner.last_plan.diagnostics
+    scores = planner.last_plan.scores
+    assert scores is not None and torch_argmax_is_chosen(planner)
+    # a critic of other data, a missing one, and two rankers at once are one-line errors
+    missing = ["evaluate", "--checkpoint", str(checkpoint), "plan.critic=nope.pt"]
+    assert cli(missing) == 1 and "train-critic" in capsys.readouterr().err
+    both = ["evaluate", "--checkpoint", str(checkpoint), "--value", str(value),
+            "plan.critic=critic.pt", "plan.value_scale=0"]  # fmt: skip
+    assert cli(both) == 1 and "give one" in capsys.readouterr().err
+    foreign = torch_load_and_change(critic, tmp_path / "foreign.pt", dataset="other/data-v0")
+    assert cli([*missing[:3], f"plan.critic={foreign}"]) == 1
+    assert "trained on other/data-v0" in capsys.readouterr().err
+
+
+def torch_argmax_is_chosen(planner) -> bool:
+    """The executed plan is the candidate with the highest critic score."""
+    plan = planner.last_plan
+    best_q = plan.diagnostics["q"]
+    return bool(np.allclose(plan.scores.max(dim=1).values.numpy(), best_q.numpy(), atol=1e-5))
+
+
+def torch_load_and_change(path, out, **changes):
+    import torch
+
+    raw = torch.load(path, weights_only=True)
+    raw.update(changes)
+    torch.save(raw, out)
+    return out

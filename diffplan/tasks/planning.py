@@ -54,9 +54,11 @@ def build_planner(
     inverse_dynamics: str | Path | None = None,
     extra_guides: list[Guide] = (),
     device: str = "cpu",
+    critic: str | Path | None = None,
 ) -> MPCPlanner:
     """The planner of `task` for a checkpoint: the start state inpainted, the task's guides
-    (e.g. PointMaze's goal), value guidance when `value` is given, `extra_guides`.
+    (e.g. PointMaze's goal), value guidance when `value` is given, ranking by an in-support
+    critic when `critic` (or `plan.critic`) names one, `extra_guides`.
 
     checkpoint: a path, or a model already loaded (to read the file once)."""
     loaded = _loaded(checkpoint, device)
@@ -80,6 +82,17 @@ def build_planner(
                 scale_grad_by_std=settings.value_scale_grad_by_std,
             )
         )
+    critic_path = critic_file(loaded, settings, critic)
+    if critic_path is not None:
+        from diffplan.critic import load_critic
+        from guides import CriticRanking
+
+        if value is not None and settings.value_scale == 0:
+            raise ConfigError(
+                "both a critic and a value net would rank the plans; give one (drop --value, "
+                "or set plan.critic=null), or set plan.value_scale > 0 to guide by the value"
+            )
+        guides.append(CriticRanking(load_critic(critic_path, loaded)))
     guides += list(extra_guides)
     arguments = planner_arguments(settings)
     layout = task.tracker_dims()
@@ -104,8 +117,28 @@ def build_planner(
         inverse_dynamics=inverse,
         **arguments,
     )
-    planner.description = describe_settings(settings, value is not None)
+    planner.description = describe_settings(settings, value is not None, critic_path)
     return planner
+
+
+def critic_file(
+    loaded: LoadedModel, settings: PlanConfig, critic: str | Path | None = None
+) -> Path | None:
+    """The critic to rank by: `critic` if given, else `plan.critic` resolved against the
+    checkpoint's folder; None when neither names one."""
+    name = critic if critic is not None else settings.critic
+    if name is None:
+        return None
+    path = Path(name)
+    if critic is None and not path.is_absolute():
+        path = Path(loaded.path).parent / path
+    if not path.is_file():
+        raise ConfigError(
+            f"critic {path} not found (plan.critic={settings.critic!r}); train it with "
+            f"`diffplan train-critic --checkpoint {loaded.path} --out {path}`, or set "
+            "plan.critic=null to plan without it"
+        )
+    return path
 
 
 def data_support_guide(loaded: LoadedModel, radius: float, position_dims) -> Guide:
@@ -133,7 +166,7 @@ def data_support_guide(loaded: LoadedModel, radius: float, position_dims) -> Gui
     return Constraint(cost, active_fraction=0.0, name="data_support")
 
 
-def describe_settings(settings: PlanConfig, value: bool) -> str:
+def describe_settings(settings: PlanConfig, value: bool, critic: Path | None = None) -> str:
     """What was run, in one line: e.g. 'mpc (replan every 1), ddpm 20 steps, 64 candidates'."""
     if settings.mode == "open-loop":
         how = "open-loop (one plan per episode)"
@@ -151,6 +184,8 @@ def describe_settings(settings: PlanConfig, value: bool) -> str:
             if settings.value_scale == 0
             else f"value guidance {settings.value_scale}"
         )
+    if critic is not None:
+        parts.append(f"critic ranking ({critic.name})")
     return ", ".join(parts)
 
 
@@ -160,6 +195,7 @@ def evaluate_checkpoint(
     settings: PlanConfig | None = None,
     value: str | Path | None = None,
     inverse_dynamics: str | Path | None = None,
+    critic: str | Path | None = None,
     episodes: int | None = None,
     n_envs: int | None = None,
     seed: int | None = None,
@@ -175,7 +211,9 @@ def evaluate_checkpoint(
     task = task or task_for(loaded.config)
     task.check_model(loaded)
     tc = loaded.config.task
-    planner = build_planner(loaded, task, settings, value, inverse_dynamics, device=device)
+    planner = build_planner(
+        loaded, task, settings, value, inverse_dynamics, device=device, critic=critic
+    )
     record = plot_episodes if plot else 0
     plans: dict[int, dict] = {}
     result = evaluate_policy(
