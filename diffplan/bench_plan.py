@@ -21,13 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffplan.config import CriticConfig
+from diffplan.critic import Critic
 from diffplan.diffusion import Diffusion
 from diffplan.distributed import resolve_device
 from diffplan.files import write_json_atomic
 from diffplan.networks import TemporalUnet, ValueNet, count_parameters
 from diffplan.normalizer import Normalizer
 from diffplan.spec import TrajectorySpec
-from guides import Constraint, Goal, KeepOutDisk, ValueGuide, ValueRanking
+from guides import Constraint, CriticRanking, Goal, KeepOutDisk, ValueGuide, ValueRanking
 from planners import MPCPlanner, PDTracker
 
 
@@ -83,7 +85,7 @@ class Recipe:
     sampler: str
     sampling_steps: int
     n_candidates: int
-    guide: str  # value-gradient | value-ranking | goal
+    guide: str  # value-gradient | value-ranking | critic-ranking | goal
     warm_start_level: float | None = None  # warm start from the previous plan at this noise
     # level, as a fraction of the training steps
     replan_every: int = 1  # > 1: plan reuse, the PD tracker follows the plan in between
@@ -99,6 +101,13 @@ RECIPES = [
     Recipe("warm start at T/4, DDIM 3, ranking, N=16", "ddim", 3, 16, "value-ranking", 0.25),
     Recipe("warm start at T/4, DDIM 2, ranking, N=8", "ddim", 2, 8, "value-ranking", 0.25),
     Recipe("warm start at T/4, DDIM 1, ranking, N=4", "ddim", 1, 4, "value-ranking", 0.25),
+    # Ranking by IQL's critic Q(s0, a0) (B6's default planners): an MLP on the first step.
+    Recipe("DDIM 5, critic ranking, N=16", "ddim", 5, 16, "critic-ranking"),
+    Recipe("DDIM 2, critic ranking, N=16", "ddim", 2, 16, "critic-ranking"),
+    Recipe(
+        "warm start at T/4, DDIM 2, critic ranking, N=16", "ddim", 2, 16, "critic-ranking", 0.25
+    ),
+    Recipe("warm start at T/4, DDIM 2, critic ranking, N=8", "ddim", 2, 8, "critic-ranking", 0.25),
     Recipe("goal inpainting, DDIM 16, N=16", "ddim", 16, 16, "goal"),
     # PointMaze rows hold the goal once reached and track 16 env steps ahead (README, B1).
     Recipe("goal, warm start T/4, DDIM 3, N=16", "ddim", 3, 16, "goal", 0.25, 1, 16, 0.25),
@@ -127,6 +136,9 @@ def _planner(size: Size, recipe: Recipe, device: torch.device) -> MPCPlanner:
         guide = ValueGuide(value, scale=0.1, guide_steps=2, t_stopgrad=2)
     elif recipe.guide == "value-ranking":
         guide = ValueRanking(value)
+    elif recipe.guide == "critic-ranking":
+        critic = Critic(spec.obs_dim, spec.act_dim, CriticConfig().hidden).to(device)
+        guide = CriticRanking(critic.eval())
     else:
         guide = Goal([1.0, 1.0], dims=[0, 1], hold_within=recipe.goal_hold)
     guides = [guide]
@@ -207,6 +219,9 @@ def _score_for(size: Size, recipe: Recipe, results: list[dict]) -> dict | None:
         ):
             continue
         uses_value = doc.get("value") is not None
+        uses_critic = doc.get("critic") is not None
+        if uses_critic != (recipe.guide == "critic-ranking"):
+            continue
         if uses_value != recipe.guide.startswith("value") or (
             recipe.guide == "value-ranking" and planner.get("value_scale") != 0
         ):
@@ -269,6 +284,8 @@ def bench_plan(
         for recipe in RECIPES:
             if recipe.guide.startswith("goal") and size.spec.obs_dim != 4:
                 continue  # goal inpainting is the PointMaze setting
+            if recipe.guide == "critic-ranking" and size.spec.obs_dim == 4:
+                continue  # the critic ranks locomotion plans
             planner = _planner(size, recipe, dev)
             seconds = _median_act_seconds(planner, size, None, dev, decisions)
             baseline = baseline or seconds

@@ -548,8 +548,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.json and Path(args.json).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.json} exists; pass --overwrite to replace it")
+    from diffplan.preflight import check_output_file, check_plot_path
+
+    # Inputs are never outputs (not even with --overwrite), and a plot's format is checked
+    # before the evaluation, not after it.
+    inputs = [(args.checkpoint, "the checkpoint given as --checkpoint")]
+    for flag in ("value", "critic", "inverse_dynamics"):
+        if getattr(args, flag):
+            inputs.append((getattr(args, flag), f"the file given as --{flag.replace('_', '-')}"))
+    if args.json:
+        check_output_file(args.json, args.overwrite, "--json", inputs, example="eval.json")
+    if args.plot:
+        check_plot_path(args.plot)
+        check_output_file(args.plot, True, "--plot", inputs, example="eval.png")
+        if args.json and Path(args.plot).resolve() == Path(args.json).resolve():
+            raise DiffplanError(f"--plot and --json name the same file {args.json}")
     from diffplan.checkpoint import load_checkpoint
     from diffplan.distributed import resolve_device, set_cpu_threads
     from diffplan.tasks import task_for
@@ -572,10 +585,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.multi_task:
         options["multi_task"] = True
     task = task_for(config, args.env, options)
+
+    def write_results(result) -> None:  # before the plot: a failed plot loses no results
+        if args.json:
+            payload = {
+                **result.to_dict(),
+                "planner": vars(config.plan),
+                "checkpoint": args.checkpoint,
+                "value": args.value,
+                "critic": args.critic or config.plan.critic,
+                "command": " ".join(sys.argv),
+            }
+            write_json_atomic(args.json, payload)
+
     result = evaluate_checkpoint(
         loaded,
         task,
         settings=config.plan,
+        on_result=write_results,
         value=args.value,
         inverse_dynamics=args.inverse_dynamics,
         critic=args.critic,
@@ -590,15 +617,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(result.format_table())
     print(f"  planner               {result.policy}")
     if args.json:
-        payload = {
-            **result.to_dict(),
-            "planner": vars(config.plan),
-            "checkpoint": args.checkpoint,
-            "value": args.value,
-            "critic": args.critic or config.plan.critic,
-            "command": " ".join(sys.argv),
-        }
-        write_json_atomic(args.json, payload)
         print(f"json: {args.json}")
     if args.plot:
         print(f"plot: {args.plot}")
@@ -639,18 +657,21 @@ def _train_for_checkpoint(args, module: str, function: str, label: str, **extra)
     from diffplan.distributed import set_cpu_threads
 
     set_cpu_threads(args.threads)  # torch's default (all cores) spin-waits on a busy machine
+    from diffplan.runlock import RunLock
+
     train = getattr(importlib.import_module(module), function)
-    path = train(
-        args.checkpoint,
-        args.out,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-        **extra,
-    )
+    with RunLock(Path(args.out).parent, args.command):  # one writer per folder
+        path = train(
+            args.checkpoint,
+            args.out,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            **extra,
+        )
     print(f"{label}: {path}")
     return 0
 
@@ -749,19 +770,22 @@ def cmd_train_inverse(args: argparse.Namespace) -> int:
     from diffplan.inverse_dynamics import train_inverse_dynamics
 
     set_cpu_threads(args.threads)
+    from diffplan.runlock import RunLock
+
     out = args.out or str(Path(args.checkpoint).with_name("inverse.pt"))
-    path = train_inverse_dynamics(
-        args.checkpoint,
-        out,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        hidden=args.hidden,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-    )
+    with RunLock(Path(out).parent, "train-inverse"):  # one writer per folder
+        path = train_inverse_dynamics(
+            args.checkpoint,
+            out,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            hidden=args.hidden,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+        )
     print(f"inverse-dynamics model: {path}")
     return 0
 

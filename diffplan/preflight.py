@@ -48,7 +48,10 @@ def remove_stale_temp_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def _is_temp_file(path: Path) -> bool:
+    """A killed save's leftover, or the lock of the run writing there (diffplan.runlock)."""
     name = path.name
+    if name == ".diffplan.lock":
+        return True
     return name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in RUN_OUTPUTS)
 
 
@@ -153,6 +156,23 @@ def check_output_file(
         parent = parent.parent
     if not parent.is_dir():
         raise DiffplanError(f"{flag} {path}: {parent} is a file, not a directory")
+    return path
+
+
+# What matplotlib's savefig writes (checked here without importing matplotlib).
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
+
+
+def check_plot_path(path: str | os.PathLike, flag: str = "--plot") -> Path:
+    """A plot file name whose extension matplotlib can write, so that a long run never ends
+    in a save that fails."""
+    path = Path(path)
+    ext = path.suffix.lower().lstrip(".")
+    if ext not in PLOT_FORMATS:
+        raise DiffplanError(
+            f"{flag} {path}: cannot write a plot as '{path.suffix or '(no extension)'}'; use "
+            f"one of .{', .'.join(PLOT_FORMATS)} (e.g. {path.with_suffix('.png')})"
+        )
     return path
 
 

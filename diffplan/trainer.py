@@ -46,6 +46,7 @@ from diffplan.errors import ConfigError, TrainingDiverged
 from diffplan.model import build_diffusion, build_spec
 from diffplan.normalizer import Normalizer
 from diffplan.preflight import check_run_dir, default_run_dir, prepare_run_dir
+from diffplan.runlock import RunLock
 
 N_EXAMPLES = 64  # training windows stored in the checkpoint (conditions for `diffplan sample`)
 STATE_JUMP_QUANTILE = 0.999  # the data's "largest" step between planned states, robust to outliers
@@ -181,14 +182,24 @@ def train(
     """
     validate_config(config)  # a Config built or changed in code gets the checks a file gets
     out = Path(out_dir) if out_dir is not None else default_run_dir(config.name)
+    lock = None
     if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes there (and would race)
         check_run_dir(out, resume, overwrite)
-    dev = resolve_device(device or config.train.device, local_rank_from_env())
-    info = init_distributed(dev)
+        # One writer per run folder; checked again under the lock, which another train may
+        # have taken between the two checks.
+        lock = RunLock(out, "train").acquire()
     try:
-        return _train(config, out, resume, dev, info, progress, overwrite)
+        if lock is not None:
+            check_run_dir(out, resume, overwrite)
+        dev = resolve_device(device or config.train.device, local_rank_from_env())
+        info = init_distributed(dev)
+        try:
+            return _train(config, out, resume, dev, info, progress, overwrite)
+        finally:
+            shutdown(info)
     finally:
-        shutdown(info)
+        if lock is not None:
+            lock.release()
 
 
 def _train(
@@ -215,6 +226,15 @@ def _train(
     raw = read_checkpoint(ckpt_path) if resume else None
     if raw is not None:
         _check_resumable(raw["config"], config, ckpt_path)
+        done = int(raw["step"])
+        if done > tc.steps:
+            raise ConfigError(
+                f"cannot resume {ckpt_path} at step {done} to train.steps={tc.steps}: resuming "
+                f"never goes back; pass a larger train.steps (e.g. train.steps={2 * done}) or "
+                "start a new run in another --out (nothing was changed)"
+            )
+        if done == tc.steps:  # nothing to train: leave the run exactly as it is
+            return ckpt_path
 
     # ----- data: episodes -> normalizer -> windows ----------------------------------------
     episodes = load_episodes(config)

@@ -121,6 +121,26 @@ def existing_plot(t: Path) -> None:
     (t / "run" / "samples.png").write_bytes(b"the user's plot")
 
 
+def _lock(t: Path, pid: int) -> None:
+    import json
+    import socket
+
+    record = {"pid": pid, "host": socket.gethostname(), "command": "train", "started": "then"}
+    (t / "run" / ".diffplan.lock").write_text(json.dumps(record))
+
+
+def live_lock(t: Path) -> None:
+    """Another train writes into run/ now (this test's own pid: alive)."""
+    _lock(t, os.getpid())
+
+
+def stale_lock(t: Path) -> None:
+    """A train into run/ was killed and left its lock (a pid that has exited)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    _lock(t, child.pid)
+
+
 # ----------------------------------------------------------------------------- CLI rows
 
 
@@ -284,6 +304,23 @@ CASES = [
          ("file exists", "--overwrite"), setup=a_file),
     Case("flag-unknown-after-an-override", lambda t: train_args(t, "fresh", "--bogus"),
          ("unrecognized arguments: --bogus",), must_not_exist=("fresh",)),
+    # 12. Inputs are never outputs; one writer per run folder; --resume never goes back.
+    Case("evaluate-json-is-the-checkpoint",
+         lambda t: ["evaluate", "--checkpoint", str(t / "run/last.pt"), "--json",
+                    str(t / "run/last.pt"), "--overwrite"], ("is the checkpoint",)),
+    Case("evaluate-plot-format-checked-before-the-evaluation",
+         lambda t: ["evaluate", "--checkpoint", str(t / "run/last.pt"), "--plot",
+                    str(t / "run/plans.gif")], ("cannot write a plot as '.gif'", ".png")),
+    Case("resume-to-fewer-steps-than-done", lambda t: train_args(t, "run", "--resume",
+                                                                 "train.steps=2"),
+         ("at step 4 to train.steps=2", "never goes back", "nothing was changed")),
+    Case("train-into-a-folder-another-train-writes",
+         lambda t: train_args(t, "run", "--resume", "train.steps=6"),
+         ("is being written by pid", "choose another output folder"), setup=live_lock),
+    Case("train-value-into-a-folder-another-train-writes",
+         lambda t: ["train-value", "--checkpoint", str(t / "run/last.pt"), "--out",
+                    str(t / "run/value2.pt"), "--steps", "2"],
+         ("is being written by pid",), setup=live_lock),
     Case("sample-zero-plans", lambda t: ["sample", "--checkpoint", str(t / "run/last.pt"), "--n",
                                          "0"], ("--n must be >= 1",)),
 ]  # fmt: skip
@@ -476,6 +513,15 @@ def test_input_errors_answer_before_torch_is_imported(tmp_path):
                             cwd=tmp_path, env=env, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert time.perf_counter() - started < 20  # generous: a loaded 2-core machine
+
+
+def test_resume_takes_over_the_stale_lock_of_a_killed_run_and_says_so(folder, capsys):
+    stale_lock(folder)
+    assert main(train_args(folder, "run", "--resume", "train.steps=6")) == 0
+    err = capsys.readouterr().err
+    assert "took over the stale lock of pid" in err and "no longer running" in err
+    assert not (folder / "run" / ".diffplan.lock").exists()  # released when done
+    assert load_checkpoint(folder / "run" / "last.pt").step == 6
 
 
 # ----------------------------------------------------------------------------- kill -9

@@ -354,3 +354,24 @@ def torch_load_and_change(path, out, **changes):
     raw.update(changes)
     torch.save(raw, out)
     return out
+
+
+def test_results_are_written_before_a_plot_that_fails(hopper_run, capsys, tmp_path, monkeypatch):
+    """A plot that fails after the evaluation (here: a full disk) loses no results."""
+    import json
+
+    checkpoint, _ = hopper_run
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LocomotionTask, "plot", full_disk)
+    out = tmp_path / "eval.json"
+    code = cli(
+        ["evaluate", "--checkpoint", str(checkpoint), "--episodes", "1", "--n-envs", "1",
+         "--json", str(out), "--plot", str(tmp_path / "eval.png"), "--no-progress",
+         "task.max_episode_steps=4", *FAST_PLAN]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "No space left on device" in err and len(err.splitlines()) == 1
+    assert json.loads(out.read_text())["episodes"] == 1

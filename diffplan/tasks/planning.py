@@ -9,6 +9,7 @@ This sits at the top of the stack (it imports `guides`, `planners` and the tasks
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from diffplan.checkpoint import LoadedModel, load_checkpoint
@@ -204,9 +205,11 @@ def evaluate_checkpoint(
     progress: bool = True,
     device: str = "cpu",
     max_episode_steps: int | None = None,
+    on_result: Callable[[EvalResult], None] | None = None,
 ) -> EvalResult:
     """Evaluate a checkpoint's planner on its task (or `task`); episodes / n_envs / seed
-    default to the config's `task:` section. Optionally a PNG of the first episodes."""
+    default to the config's `task:` section. Optionally a PNG of the first episodes, drawn
+    after `on_result(result)` (e.g. writing the results: a failed plot then loses none)."""
     loaded = _loaded(checkpoint, device)
     task = task or task_for(loaded.config)
     task.check_model(loaded)
@@ -227,6 +230,8 @@ def evaluate_checkpoint(
         max_episode_steps=max_episode_steps,
         record_plans=plans if plot else None,
     )
+    if on_result is not None:
+        on_result(result)
     if plot:
         out = task.plot(result, plans, planner.spec, plot)
         if out is None:
