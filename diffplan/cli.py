@@ -67,6 +67,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main_rank and config.data.source == "minari" and config.data.root is None:
         _print_default_datasets_root()
 
+    task = None
+    if config.task.type or config.task.env or config.task.options:
+        from diffplan.tasks import task_for
+
+        task = task_for(config)  # an unknown type, env or option: one line, before training
+
     from diffplan.trainer import train  # torch: only once the inputs are known to be good
 
     path = train(
@@ -76,6 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        check_data=None if task is None else task.check_data,
     )
     if main_rank:
         print(f"checkpoint: {path}")

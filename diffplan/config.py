@@ -279,6 +279,9 @@ class _Sources:
             item = self.overrides.get(".".join(parts[:n]))
             if item is not None:
                 return f"the command-line override '{item}'"
+        for key, item in self.overrides.items():  # a section that only an override made
+            if key.startswith(where + "."):
+                return f"the command-line override '{item}'"
         return self.default
 
 
@@ -477,6 +480,26 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return where + problem + (f" ({context})" if context else "")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key written twice in one mapping is an error, not a
+    silently dropped first value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"'{key}' is written twice (first on line {seen[key] + 1}); "
+                    "keep one: the first would be lost",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply `key=value` overrides, validate; errors are `ConfigError`."""
     path = Path(path)
@@ -485,7 +508,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; see configs/ for the shipped ones")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (safe)
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
     except (OSError, UnicodeDecodeError) as e:

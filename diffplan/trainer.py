@@ -21,6 +21,7 @@ import csv
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -172,8 +173,12 @@ def train(
     device: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    check_data: Callable[[Episodes, str], None] | None = None,
 ) -> Path:
     """Train for `config.train.steps` steps in total; returns the path of the final checkpoint.
+
+    check_data(episodes, dataset name): called once the data is loaded, before anything is
+    written (the CLI passes its task's check: the data must fit the env it is evaluated on).
 
     device: cpu | cuda | auto (default: config.train.device). Under torchrun, each process
     uses its LOCAL_RANK's GPU (or the CPU with the gloo backend).
@@ -194,7 +199,7 @@ def train(
         dev = resolve_device(device or config.train.device, local_rank_from_env())
         info = init_distributed(dev)
         try:
-            return _train(config, out, resume, dev, info, progress, overwrite)
+            return _train(config, out, resume, dev, info, progress, overwrite, check_data)
         finally:
             shutdown(info)
     finally:
@@ -210,6 +215,7 @@ def _train(
     info: DistInfo,
     progress: bool,
     overwrite: bool,
+    check_data: Callable[[Episodes, str], None] | None = None,
 ) -> Path:
     tc = config.train
     if tc.batch_size % info.world_size:
@@ -238,6 +244,8 @@ def _train(
 
     # ----- data: episodes -> normalizer -> windows ----------------------------------------
     episodes = load_episodes(config)
+    if check_data is not None:
+        check_data(episodes, str(config.data.dataset))
     normalizer = (
         Normalizer.from_state_dict(raw["normalizer"])
         if raw is not None

@@ -117,6 +117,14 @@ def yaml_misspelt(t: Path) -> None:
     (t / "typo.yaml").write_text("name: typo\ntrain:\n  stpes: 5\n")
 
 
+def yaml_duplicate_key(t: Path) -> None:
+    (t / "dup.yaml").write_text("name: dup\ntrain:\n  steps: 5\n  lr: 0.1\n  steps: 6\n")
+
+
+def yaml_duplicate_section(t: Path) -> None:
+    (t / "dup.yaml").write_text("name: dup\ntrain:\n  steps: 5\ntrain:\n  lr: 0.1\n")
+
+
 def existing_plot(t: Path) -> None:
     (t / "run" / "samples.png").write_bytes(b"the user's plot")
 
@@ -321,6 +329,27 @@ CASES = [
          lambda t: ["train-value", "--checkpoint", str(t / "run/last.pt"), "--out",
                     str(t / "run/value2.pt"), "--steps", "2"],
          ("is being written by pid",), setup=live_lock),
+    # 13. YAML that would drop a setting silently; a misspelt section typed on the command line.
+    Case("yaml-duplicate-key", lambda t: ["train", "--config", str(t / "dup.yaml"), "--out",
+                                          str(t / "fresh")],
+         ("line 5", "'steps' is written twice (first on line 3)"), setup=yaml_duplicate_key,
+         must_not_exist=("fresh",)),
+    Case("yaml-duplicate-section", lambda t: ["train", "--config", str(t / "dup.yaml"), "--out",
+                                              str(t / "fresh")],
+         ("'train' is written twice",), setup=yaml_duplicate_section, must_not_exist=("fresh",)),
+    Case("misspelt-section-on-the-command-line", lambda t: train_args(t, "fresh", "trian.steps=4"),
+         ("unknown config key 'trian'", "command-line override 'trian.steps=4'", "'train'"),
+         absent=("tiny.yaml",), must_not_exist=("fresh",)),
+    # 14. The task: section is checked by train, before any training, not first by evaluate.
+    Case("train-unknown-task-type", lambda t: train_args(t, "fresh", "task.type=bogus"),
+         ("unknown task type 'bogus'", "locomotion"), must_not_exist=("fresh",)),
+    Case("train-unknown-task-option",
+         lambda t: train_args(t, "fresh", "task.type=pointmaze", "task.env=umaze",
+                              "task.options.bogus=1"),
+         ("task.options.bogus",), must_not_exist=("fresh",)),
+    Case("train-data-that-does-not-fit-the-task",
+         lambda t: train_args(t, "fresh", "task.type=locomotion", "task.env=hopper"),
+         ("obs_dim=", "hopper observes 11 dims", "task.env"), must_not_exist=("fresh",)),
     Case("sample-zero-plans", lambda t: ["sample", "--checkpoint", str(t / "run/last.pt"), "--n",
                                          "0"], ("--n must be >= 1",)),
 ]  # fmt: skip

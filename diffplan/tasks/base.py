@@ -150,23 +150,43 @@ class Task(ABC):
 
     def check_model(self, loaded: Any) -> None:
         """Raise ConfigError if the checkpoint cannot act in this task (dims, family)."""
+        spec = loaded.spec
+        self.check_dims(
+            spec.obs_dim,
+            spec.act_dim,
+            f"{loaded.path} plans over",
+            f"(data: {loaded.config.data.dataset})",
+            "evaluate it on the env its data came from (--env)",
+        )
+
+    def check_data(self, episodes: Any, dataset: str = "the data") -> None:
+        """Raise ConfigError, before training, if the data cannot make a model of this task."""
+        self.check_dims(
+            episodes.obs_dim,
+            episodes.act_dim,
+            f"{dataset} has",
+            "",
+            "set task.type / task.env to the env the data came from",
+        )
+
+    def check_dims(self, obs_dim: int, act_dim: int, subject: str, note: str, fix: str) -> None:
+        """The env's observation and action sizes against a model's or a dataset's (act_dim 0:
+        states only, any action size)."""
         env = self.make_env()
         try:
-            obs_dim = self.observation(env.observation_space.sample()).shape[0]
-            act_dim = int(np.prod(env.action_space.shape))
+            env_obs = self.observation(env.observation_space.sample()).shape[0]
+            env_act = int(np.prod(env.action_space.shape))
         finally:
             env.close()
-        spec = loaded.spec
-        if spec.obs_dim != obs_dim:
+        note = f" {note}" if note else ""
+        if obs_dim != env_obs:
             raise ConfigError(
-                f"{loaded.path} plans over obs_dim={spec.obs_dim} (data: "
-                f"{loaded.config.data.dataset}) but {self.name} observes {obs_dim} dims; "
-                "evaluate it on the env its data came from (--env)"
+                f"{subject} obs_dim={obs_dim}{note} but {self.name} observes {env_obs} dims; {fix}"
             )
-        if spec.act_dim and spec.act_dim != act_dim:
+        if act_dim and act_dim != env_act:
             raise ConfigError(
-                f"{loaded.path} plans act_dim={spec.act_dim} but {self.name} takes {act_dim}-dim"
-                " actions; evaluate it on the env its data came from (--env)"
+                f"{subject} act_dim={act_dim}{note} but {self.name} takes {env_act}-dim actions;"
+                f" {fix}"
             )
 
     def planner_guides(self, loaded: Any, settings: Any) -> list:

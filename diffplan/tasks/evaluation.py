@@ -71,6 +71,13 @@ def mean_se(x: Any) -> tuple[float, float]:
     return float(x.mean()), se
 
 
+def _pm(se: float | None, digits: int) -> str:
+    """' ± SE', or a note that one episode has no standard error (never '± nan')."""
+    if se is None or not math.isfinite(se):
+        return " (1 episode: no SE)"
+    return f" ± {se:.{digits}f}"
+
+
 def jsonable(v: Any) -> Any:
     """NaN -> None and numpy -> Python, so ``json.dumps`` gives strict JSON."""
     if isinstance(v, dict):
@@ -161,12 +168,12 @@ class EvalResult:
         rows = [
             f"{self.description}: policy {self.policy}, {self.episodes} episodes, "
             f"seed {self.seed}, {self.n_envs} env(s)",
-            f"  return                {self.return_mean:10.2f} ± {self.return_se:.2f}",
+            f"  return                {self.return_mean:10.2f}{_pm(self.return_se, 2)}",
         ]
         for s in self.scores:
             label = f"normalized ({s['label']})"
             rows.append(
-                f"  {label:<22}{s['mean']:8.1f} ± {s['se']:.1f}   refs "
+                f"  {label:<22}{s['mean']:8.1f}{_pm(s['se'], 1)}   refs "
                 f"{s['ref_min']:.2f} / {s['ref_max']:.2f} ({s['source']})"
             )
         if self.success_rate is not None:
