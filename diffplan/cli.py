@@ -10,6 +10,7 @@ before torch is imported, so that `--help` and a wrong path answer at once.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -909,6 +910,57 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"diffplan: error: {message} (see '{self.prog} --help')\n")
 
 
+# The range of every numeric flag, declared once (flag -> (low, high); None: open). Integer
+# flags not named here must be >= 1 (steps, episodes, envs, batch sizes, candidates, ...).
+# Checked by argparse as the flag is read, before any work: a usage error, one line.
+FLAG_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "--threads": (0, 4096),  # 0: half the cores
+    "--seed": (0, 2**32 - 1),  # numpy's and gymnasium's seed range
+    "--step": (0, None),
+    "--replan-every": (0, None),  # 0: plan once per episode
+    "--warm-start-t": (0, None),
+    "--value-scale": (None, None),
+    "--lr": (1e-12, 10.0),
+    "--expectile": (1e-6, 1 - 1e-6),
+}
+INT_LIMIT = 10**9  # a count above this is a typo, not a plan
+
+
+def _ranged(kind: type, flag: str):
+    """argparse `type=` for `flag`: a finite number of `kind` within FLAG_RANGES."""
+    default = (1, INT_LIMIT) if kind is int else (None, None)
+    low, high = FLAG_RANGES.get(flag, default)
+    high = INT_LIMIT if high is None and kind is int else high
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _range_check_numbers(parser: argparse.ArgumentParser) -> None:
+    """Give every int/float flag of `parser` (and its subcommands) its declared range."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _range_check_numbers(sub)
+        elif action.type in (int, float) and action.option_strings:
+            action.type = _ranged(action.type, action.option_strings[0])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from diffplan import __version__
 
@@ -919,6 +971,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         command.add_args(p)
         p.set_defaults(run=command.run)
+    _range_check_numbers(parser)
     return parser
 
 

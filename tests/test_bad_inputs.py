@@ -219,7 +219,7 @@ CASES = [
          lambda t: ["train-value", "--checkpoint", str(t / "run"), "--out", str(t / "v.pt")],
          ("is a directory", "last.pt"), absent=("not found",)),
     Case("value-steps-zero", lambda t: value_args(t, "v.pt", "--steps", "0"),
-         ("--steps must be >= 1",)),
+         ("argument --steps: must be >= 1, got 0",)),
     # 2. train refuses a non-empty folder without --resume or --overwrite.
     Case("train-into-folder-with-own-files", lambda t: train_args(t, "mine"),
          ("is not empty", "config.yaml", "losses.csv", "--overwrite"), setup=own_files),
@@ -350,8 +350,27 @@ CASES = [
     Case("train-data-that-does-not-fit-the-task",
          lambda t: train_args(t, "fresh", "task.type=locomotion", "task.env=hopper"),
          ("obs_dim=", "hopper observes 11 dims", "task.env"), must_not_exist=("fresh",)),
+    # 15. Every numeric flag has its range, checked as it is read (usage errors).
+    Case("data-zero-steps", lambda t: ["data", "pointmaze", "--maze", "umaze", "--steps", "0",
+                                       "--root", str(t / "data")],
+         ("argument --steps: must be >= 1, got 0",), must_not_exist=("data",)),
+    Case("data-negative-steps", lambda t: ["data", "pointmaze", "--maze", "umaze", "--steps",
+                                           "-5", "--root", str(t / "data")],
+         ("must be >= 1, got -5",), must_not_exist=("data",)),
+    Case("evaluate-negative-threads",
+         lambda t: ["evaluate", "--checkpoint", str(t / "run/last.pt"), "--threads", "-1"],
+         ("argument --threads: must be >= 0",)),
+    Case("train-value-negative-seed",
+         lambda t: ["train-value", "--checkpoint", str(t / "run/last.pt"), "--out",
+                    str(t / "run/v.pt"), "--seed", "-3"], ("argument --seed: must be >= 0",)),
+    Case("evaluate-nan-value-scale",
+         lambda t: ["evaluate", "--checkpoint", str(t / "run/last.pt"), "--value-scale", "nan"],
+         ("must be a finite number",)),
+    Case("evaluate-huge-episodes",
+         lambda t: ["evaluate", "--checkpoint", str(t / "run/last.pt"), "--episodes", "1e12"],
+         ("must be an integer",)),
     Case("sample-zero-plans", lambda t: ["sample", "--checkpoint", str(t / "run/last.pt"), "--n",
-                                         "0"], ("--n must be >= 1",)),
+                                         "0"], ("argument --n: must be >= 1, got 0",)),
 ]  # fmt: skip
 
 

@@ -236,6 +236,34 @@ def test_missing_minari_dataset_fails_fast(tmp_path, monkeypatch):
         load_minari(tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["", "{not json", "\xff\xfe"])
+def test_damaged_minari_metadata_names_the_file_and_the_fix(minari_root, tmp_path, damage):
+    ds = tmp_path / "damaged"
+    shutil.copytree(minari_root / "diffplan" / "pointmaze-test-v0", ds)
+    metadata = ds / "data" / "metadata.json"
+    metadata.write_bytes(damage.encode("latin-1"))
+    with pytest.raises(DatasetError) as info:
+        load_minari(ds, cache=False)
+    msg = str(info.value)
+    assert "\n" not in msg and str(metadata) in msg and "make it again" in msg
+    assert ("is empty" in msg) == (damage == "")
+
+
+def test_minari_datasets_path_naming_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    from diffplan.cli import main
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(not_a_folder))
+    with pytest.raises(DatasetError, match="is a file, not a folder"):
+        load_minari("diffplan/pointmaze-umaze-v0")
+    args = ["data", "pointmaze", "--maze", "umaze", "--steps", "10", "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "MINARI_DATASETS_PATH" in err and "not a folder" in err
+    assert not_a_folder.read_text() == "x"
+
+
 # -------------------------------------------------------------------- D4RL
 def _write_d4rl(path, n=10, timeouts=True, drop=()):
     rng = np.random.default_rng(0)

@@ -200,8 +200,10 @@ def test_cross_family_evaluation_is_one_line_error(hopper_run, tmp_path, capsys)
     assert "unknown env 'NoSuchEnv-v9'" in capsys.readouterr().err
     assert cli(["evaluate", "--checkpoint", str(checkpoint), "model.dim=4"]) == 1
     assert "only plan.* and task.*" in capsys.readouterr().err
-    assert cli(["evaluate", "--checkpoint", str(checkpoint), "--episodes", "0"]) == 1
-    assert "--episodes must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # a flag out of its range: a usage error
+        cli(["evaluate", "--checkpoint", str(checkpoint), "--episodes", "0"])
+    assert usage.value.code == 2
+    assert "argument --episodes: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_pointmaze_checkpoint_on_hopper_is_one_line_error(tmp_path, monkeypatch, capsys):
@@ -375,3 +377,11 @@ def test_results_are_written_before_a_plot_that_fails(hopper_run, capsys, tmp_pa
     err = capsys.readouterr().err.strip()
     assert code == 1 and "No space left on device" in err and len(err.splitlines()) == 1
     assert json.loads(out.read_text())["episodes"] == 1
+
+
+def test_state_layout_dims_beyond_the_observation_are_one_line(hopper_run, capsys):
+    checkpoint, _ = hopper_run
+    args = ["evaluate", "--checkpoint", str(checkpoint), "plan.position_dims=[0,50]"]
+    assert cli(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "names observation dims [50]" in err and "11" in err

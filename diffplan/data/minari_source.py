@@ -72,7 +72,13 @@ def datasets_root(root: str | os.PathLike | None = None) -> tuple[Path, str]:
         return Path(root).expanduser().absolute(), "data.root"
     env = os.environ.get("MINARI_DATASETS_PATH")
     if env:
-        return Path(env).expanduser().absolute(), "$MINARI_DATASETS_PATH"
+        path = Path(env).expanduser().absolute()
+        if path.exists() and not path.is_dir():
+            raise DatasetError(
+                f"MINARI_DATASETS_PATH={env} is a file, not a folder; point it at the folder "
+                "that holds the datasets (or unset it to use ./data/minari)"
+            )
+        return path, "$MINARI_DATASETS_PATH"
     return DEFAULT_DATASETS_ROOT.absolute(), "the default; set MINARI_DATASETS_PATH to change it"
 
 
@@ -330,10 +336,28 @@ def _read_minari(
 ) -> Episodes:
     import minari  # deferred: the existence check above must not pay for (or trigger) Minari
 
+    metadata = data_path / "metadata.json"
+    try:
+        json.loads(metadata.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        problem = (
+            "is empty"
+            if metadata.is_file() and metadata.stat().st_size == 0
+            else (f"cannot be read ({e})" if isinstance(e, OSError) else f"is not valid JSON ({e})")
+        )
+        raise DatasetError(
+            f"Minari dataset at {data_path.parent}: {metadata} {problem}; restore it, or "
+            "delete the dataset's folder and make it again (the command that made it, e.g. "
+            "`diffplan data ...`)"
+        ) from None
     try:
         ds = minari.MinariDataset(data_path)
-    except Exception as e:  # corrupt metadata, unsupported version, ...
-        raise DatasetError(f"cannot open Minari dataset at {data_path}: {e}") from e
+    except Exception as e:  # unsupported version, missing keys, ...
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DatasetError(
+            f"cannot open Minari dataset at {data_path}: {first}; check {metadata} or make the "
+            "dataset again"
+        ) from None
 
     if progress is None:
         try:

@@ -99,6 +99,13 @@ def build_planner(
     layout = task.tracker_dims()
     if arguments["position_dims"] is None and layout is not None:
         arguments["position_dims"], arguments["velocity_dims"] = layout
+    for key in ("position_dims", "velocity_dims"):
+        bad = [d for d in arguments[key] or () if not 0 <= d < loaded.spec.obs_dim]
+        if bad:
+            raise ConfigError(
+                f"plan.{key} {arguments[key]} names observation dims {bad}, but the model "
+                f"observes {loaded.spec.obs_dim} (dims 0..{loaded.spec.obs_dim - 1})"
+            )
     if settings.data_support is not None:
         guides.append(data_support_guide(loaded, settings.data_support, arguments["position_dims"]))
     inverse = None
