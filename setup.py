@@ -35,7 +35,8 @@ setup(
         # datasets from the shipped policies, to train or to plan.
         "datagen": ["stable-baselines3"],
         # stable-baselines3 here too, so that CI runs the train-policy test.
-        "dev": ["pytest", "ruff", "stable-baselines3"],
+        # hypothesis: the fuzz test of the command line (tests/test_fuzz_cli.py).
+        "dev": ["pytest", "ruff", "stable-baselines3", "hypothesis"],
     },
     # Shipped behaviour policies (weights-only files) and their cards, for `diffplan data mujoco`.
     package_data={"diffplan.tasks.locomotion": ["policies/*.pt", "policies/*.json"]},

@@ -121,6 +121,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (RuntimeError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, ValueError) as e:
         detail = str(e).split(".")[0] or type(e).__name__
         raise CheckpointError(f"{path} is truncated or corrupt ({detail})") from None
+    except Exception as e:  # arbitrary bytes can fail the unpickler in any way
+        raise CheckpointError(
+            f"{path} is not a checkpoint (unreadable: {type(e).__name__}); pass a last.pt "
+            "written by `diffplan train`"
+        ) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a diffplan checkpoint (no '{FORMAT}' format tag; a plain state_dict "

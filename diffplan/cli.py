@@ -708,7 +708,8 @@ def add_train_critic_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_critic(args: argparse.Namespace) -> int:
-    args.out = args.out or str(Path(args.checkpoint).with_name("critic.pt"))
+    if args.out is None:  # an empty --out is an error (a folder), not the default
+        args.out = str(Path(args.checkpoint).with_name("critic.pt"))
     for item in args.overrides:
         if not item.split("=", 1)[0].strip().startswith("critic."):
             raise DiffplanError(
@@ -780,7 +781,7 @@ def cmd_train_inverse(args: argparse.Namespace) -> int:
     set_cpu_threads(args.threads)
     from diffplan.runlock import RunLock
 
-    out = args.out or str(Path(args.checkpoint).with_name("inverse.pt"))
+    out = args.out if args.out is not None else str(Path(args.checkpoint).with_name("inverse.pt"))
     with RunLock(Path(out).parent, "train-inverse"):  # one writer per folder
         path = train_inverse_dynamics(
             args.checkpoint,

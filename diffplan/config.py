@@ -127,6 +127,9 @@ class PlanConfig:
 
     mode: str = "mpc"  # mpc: replan every `replan_every` env steps | open-loop: plan once
     n_candidates: int = 16
+    # Execute the mean action of the `elite` best-scored candidates (1: the best plan's own;
+    # see planners.MPCPlanner): averages out the behaviour policy's sampling noise.
+    elite: int = 1
     sampler: str = "ddim"
     sampling_steps: int = 10
     warm_start: bool = False
@@ -448,6 +451,8 @@ def validate_config(config: Config, source: str | _Sources = "the config") -> No
         ("critic.target_update", finite(c.target_update) and 0.0 < c.target_update <= 1.0,
          "in (0, 1]"),
         ("plan.n_candidates", p.n_candidates >= 1, ">= 1"),
+        ("plan.elite", 1 <= p.elite <= p.n_candidates,
+         f"in 1..plan.n_candidates ({p.n_candidates})"),
         ("plan.sampler", p.sampler in SAMPLERS, choice(SAMPLERS)),
         ("plan.sampling_steps", p.sampling_steps >= 1, ">= 1"),
         ("plan.replan_every", p.replan_every >= 0, ">= 0 (0: plan once per episode)"),

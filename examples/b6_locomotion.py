@@ -62,6 +62,21 @@ VARIANTS: dict[str, tuple[str, list[str], str | None]] = {
                                   "plan.n_candidates=16", "plan.value_scale=0"], "critic"),
     "critic-ddim2-n16": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=2",
                                    "plan.n_candidates=16", "plan.value_scale=0"], "critic"),
+    "critic-warm-n16-e4": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=2",
+                                     "plan.warm_start=true", "plan.warm_start_t=5",
+                                     "plan.n_candidates=16", "plan.elite=4",
+                                     "plan.value_scale=0"], "critic"),
+    "critic-warm-n8-e4": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=2",
+                                    "plan.warm_start=true", "plan.warm_start_t=5",
+                                    "plan.n_candidates=8", "plan.elite=4",
+                                    "plan.value_scale=0"], "critic"),
+    "critic-rank-e4": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=5",
+                                 "plan.n_candidates=16", "plan.elite=4",
+                                 "plan.value_scale=0"], "critic"),
+    # No scores: the mean action of N samples (the model's own noise averaged out, no critic).
+    "mean-of-16": ("joint", ["plan.sampler=ddim", "plan.sampling_steps=2",
+                             "plan.warm_start=true", "plan.warm_start_t=5",
+                             "plan.n_candidates=16", "plan.elite=16"], None),
 }  # fmt: skip
 
 

@@ -52,6 +52,7 @@ def planner_arguments(plan) -> dict:
             kp=plan.kp, kd=plan.kd, lookahead=plan.lookahead, bend_tolerance=plan.bend_tolerance
         ),
         "seed": plan.seed,
+        "elite": plan.elite,
         "position_dims": plan.position_dims,
         "velocity_dims": plan.velocity_dims,
     }
@@ -71,6 +72,11 @@ class MPCPlanner:
         (obs (E, obs_dim), next planned obs (E, obs_dim) -> (E, act_dim), env units) for the
         action that leads to the next planned state (states-only models).
     replan_every: env steps between plans; 0 plans once per episode (open loop).
+    elite: the kept plan's actions are the mean of the `elite` best-scored candidates' actions
+        (its states stay the best one's). 1: the best plan as sampled. Above 1 it averages out
+        the sampling noise the model learned from a stochastic behaviour policy, among plans
+        the scores agree on; an average of two different ways is no way, so keep it 1 where
+        plans are multimodal (goal reaching round an obstacle).
     position_dims, velocity_dims: which observation dims are positions / velocities (goal
         guides and the tracker default to them).
     action_filter: optional ``(observation (E, obs_dim), action (E, act_dim)) -> action``
@@ -103,6 +109,7 @@ class MPCPlanner:
         position_dims: list[int] | None = None,
         velocity_dims: list[int] | None = None,
         action_filter=None,
+        elite: int = 1,
     ):
         if action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
@@ -119,6 +126,10 @@ class MPCPlanner:
             )
         if n_candidates < 1:
             raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
+        if not 1 <= elite <= n_candidates:
+            raise ValueError(f"elite must be in 1..n_candidates ({n_candidates}), got {elite}")
+        if elite > 1 and spec.act_dim == 0:
+            raise ValueError("elite > 1 averages planned actions; this model plans states only")
         self.device = torch.device(device)
         self.diffusion = diffusion.to(self.device).eval()
         self.normalizer = normalizer
@@ -126,6 +137,7 @@ class MPCPlanner:
         user_guides = guide if isinstance(guide, list) else ([guide] if guide else [])
         self.guide = Compose([StartState(), *user_guides])
         self.n_candidates = n_candidates
+        self.elite = elite
         self.sampler = sampler
         self.sampling_steps = sampling_steps
         self.eta = eta
@@ -279,10 +291,13 @@ class MPCPlanner:
             best_index = torch.zeros(n_envs, dtype=torch.long, device=self.device)
         rows = torch.arange(n_envs, device=self.device) * n_cand + best_index
         kept_ctx = dataclasses.replace(ctx, n_candidates=1)
-        chosen = plans[rows]
+        sampled = chosen = plans[rows]
+        if self.elite > 1:
+            chosen = self._elite_actions(plans.view(n_envs, n_cand, *plans.shape[1:]), scores,
+                                         chosen)  # fmt: skip
         best = self.guide.finalize(chosen, kept_ctx)
         best_normalized = samples.x[rows]
-        if best is not chosen:  # edited by a guide: warm starts continue from the edit
+        if best is not sampled:  # edited: warm starts continue from the edit
             best_normalized = self.normalizer.normalize(best)
         # Diagnostics are per plan and reported for the kept plans only: evaluate just those
         # (a value guide's diagnostics rerun its network; on E plans rather than E * N).
@@ -297,6 +312,18 @@ class MPCPlanner:
         )
         self.last_plan = plan
         return plan
+
+    def _elite_actions(self, candidates, scores, chosen: torch.Tensor) -> torch.Tensor:
+        """`chosen` (E, H, D) with its actions replaced by the mean actions of the `elite`
+        best-scored candidates (E, N, H, D) of each env (the first ones when unscored)."""
+        n_envs, n_cand = candidates.shape[:2]
+        if scores is None:
+            top = torch.arange(self.elite, device=self.device).expand(n_envs, -1)
+        else:
+            top = scores.view(n_envs, n_cand).topk(self.elite, dim=1).indices
+        elite = candidates[torch.arange(n_envs, device=self.device)[:, None], top]
+        mean_actions = self.spec.actions(elite).mean(dim=1)
+        return self.spec.join(mean_actions, self.spec.observations(chosen))
 
     def _shifted(self, plans: torch.Tensor, since: np.ndarray) -> torch.Tensor:
         """Plans (E, H, D) moved forward by the env steps executed since, last step repeated.

@@ -11,9 +11,11 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from diffplan.cli import main as cli
 from diffplan.config import config_from_dict, load_config
+from diffplan.errors import ConfigError
 from diffplan.tasks import FAMILIES, task_class, task_for
 from diffplan.tasks.evaluation import RandomPolicy, evaluate_policy
 from diffplan.tasks.locomotion import LocomotionTask
@@ -385,3 +387,39 @@ def test_state_layout_dims_beyond_the_observation_are_one_line(hopper_run, capsy
     assert cli(args) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "names observation dims [50]" in err and "11" in err
+
+
+def test_elite_executes_the_mean_action_of_the_best_candidates(hopper_run):
+    from diffplan.checkpoint import load_checkpoint
+    from diffplan.tasks.planning import build_planner, evaluation_config
+
+    checkpoint, value = hopper_run
+    loaded = load_checkpoint(checkpoint)
+    obs = np.stack([gym.make("Hopper-v5").reset(seed=s)[0] for s in range(2)])
+    settings = evaluation_config(loaded, [*FAST_PLAN, "plan.elite=2", "plan.value_scale=0"]).plan
+    planner = build_planner(loaded, settings=settings, value=value)
+    actions = planner.act(obs)
+    plan = planner.last_plan
+    top2 = plan.scores.topk(2, dim=1).indices  # (2 envs, 2): the two best by value
+    first = plan.candidates[:, :, 0, :3]  # (E, N, act_dim): each candidate's first action
+    expected = first[torch.arange(2)[:, None], top2].mean(dim=1)
+    assert np.allclose(actions, expected.numpy(), atol=1e-5)
+    best_states = plan.candidates[torch.arange(2), plan.best_index, :, 3:]
+    assert torch.allclose(plan.best[:, :, 3:], best_states)  # states: the best plan's own
+    with pytest.raises(ConfigError, match="plan.elite"):
+        evaluation_config(loaded, [*FAST_PLAN, "plan.elite=5"])
+
+
+def test_train_warns_when_the_data_acts_outside_the_action_space(tmp_path, capsys):
+    arrays = random_hopper(400)
+    arrays["actions"] = arrays["actions"] * 1.5  # a third beyond [-1, 1]
+    path = tmp_path / "hopper-wide-actions.hdf5"
+    with h5py.File(path, "w") as f:
+        for key, value in arrays.items():
+            f[key] = value.astype(np.float32) if value.dtype.kind == "f" else value
+    args = ["train", "--config", "configs/hopper-medium-v2.yaml", "--out", str(tmp_path / "run"),
+            "--no-progress", f"data.dataset={path}", "task.type=locomotion", "task.env=hopper",
+            *TINY, "train.steps=2", "train.save_every=2"]  # fmt: skip
+    assert cli(args) == 0
+    err = capsys.readouterr().err
+    assert "of the actions lie outside hopper's action space (by up to 0.4" in err

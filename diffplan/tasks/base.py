@@ -160,7 +160,8 @@ class Task(ABC):
         )
 
     def check_data(self, episodes: Any, dataset: str = "the data") -> None:
-        """Raise ConfigError, before training, if the data cannot make a model of this task."""
+        """Raise ConfigError, before training, if the data cannot make a model of this task;
+        warn when its actions leave the env's action space (the env would clip them)."""
         self.check_dims(
             episodes.obs_dim,
             episodes.act_dim,
@@ -168,6 +169,29 @@ class Task(ABC):
             "",
             "set task.type / task.env to the env the data came from",
         )
+        if not episodes.act_dim:
+            return
+        env = self.make_env()
+        try:
+            low = np.asarray(getattr(env.action_space, "low", -np.inf), dtype=np.float64)
+            high = np.asarray(getattr(env.action_space, "high", np.inf), dtype=np.float64)
+        finally:
+            env.close()
+        actions = episodes.actions.astype(np.float64)
+        outside = ((actions < low - 1e-6) | (actions > high + 1e-6)).any(axis=1)
+        if outside.any():
+            import warnings
+
+            from diffplan.errors import DiffplanWarning
+
+            excess = float(np.max(np.maximum(low - actions, actions - high)))
+            warnings.warn(
+                f"{dataset}: {outside.mean():.1%} of the actions lie outside {self.name}'s "
+                f"action space (by up to {excess:.3g}); the env clips what the planner "
+                "executes, so plans that copy them act differently than planned",
+                DiffplanWarning,
+                stacklevel=2,
+            )
 
     def check_dims(self, obs_dim: int, act_dim: int, subject: str, note: str, fix: str) -> None:
         """The env's observation and action sizes against a model's or a dataset's (act_dim 0:

@@ -184,6 +184,8 @@ def describe_settings(settings: PlanConfig, value: bool, critic: Path | None = N
              f"{settings.n_candidates} candidates", f"actions: {settings.action_mode}"]  # fmt: skip
     if settings.warm_start:
         parts.append(f"warm start t={settings.warm_start_t}")
+    if settings.elite > 1:
+        parts.append(f"mean action of the best {settings.elite}")
     if settings.data_support is not None:
         parts.append(f"data support {settings.data_support:g}")
     if value:
