@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -171,37 +170,32 @@ class MPCPlanner:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str, guide: Guide | list[Guide] | None = None, device: str = "cpu", **settings
+        cls,
+        path: str,
+        guide: Guide | list[Guide] | None = None,
+        device: str = "cpu",
+        value: str | None = None,
+        critic: str | None = None,
+        inverse_dynamics=None,
+        **settings,
     ) -> MPCPlanner:
-        """Build a planner from one checkpoint file; no dataset or environment needed.
+        """The planner `diffplan evaluate --checkpoint path` runs, for your own loop; no dataset
+        or environment needed.
 
-        Defaults come from the checkpoint's `plan:` section (candidates, sampler and steps,
-        warm start, action mode, replan interval, tracker gains, state layout); keywords
-        override them (any `MPCPlanner` argument). An inverse-dynamics model is read from
-        `inverse_dynamics=PATH` (default: inverse.pt beside the checkpoint).
+        Built by the same function as the CLI's (`diffplan.tasks.planning.build_planner`):
+        the checkpoint's `plan:` section, its task's guides and state layout (`guide=` replaces
+        the task's guides with yours), `value=` / `critic=` files, and keywords that override
+        any plan setting (`n_candidates=64`, `kd=10.0`) or `MPCPlanner` argument (`eta`).
+        An inverse-dynamics model: `inverse_dynamics=PATH` (default: inverse.pt beside it).
         """
-        from diffplan.checkpoint import load_checkpoint
+        # Imported here: the task registry sits above the planners (tasks import planners).
         from diffplan.distributed import resolve_device
+        from diffplan.tasks.planning import planner_from_checkpoint
 
-        device = resolve_device(str(device))
-        loaded = load_checkpoint(path, device=device)
-        defaults = planner_arguments(loaded.config.plan)
-        defaults.update(settings)
-        inverse = defaults.pop("inverse_dynamics", None)
-        if defaults.get("action_mode") == "inverse-dynamics" and not callable(inverse):
-            from diffplan.inverse_dynamics import load_inverse_dynamics
-
-            inverse = load_inverse_dynamics(inverse or Path(path).with_name("inverse.pt"), loaded)
-        return cls(
-            loaded.diffusion,
-            loaded.normalizer,
-            loaded.spec,
-            guide=guide,
-            return_range=loaded.return_range,
-            device=device,
-            inverse_dynamics=inverse,
-            **defaults,
-        )
+        return planner_from_checkpoint(
+            path, guide=guide, device=str(resolve_device(str(device))), value=value,
+            critic=critic, inverse_dynamics=inverse_dynamics, **settings,
+        )  # fmt: skip
 
     # ----- episode bookkeeping ---------------------------------------------------------------
 

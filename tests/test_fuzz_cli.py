@@ -123,11 +123,16 @@ def test_no_flag_value_gives_a_traceback_or_changes_the_run(place, draw):
     user_file = (place / "file.txt").read_text()
     argv = _argv(command, key, value, overwrite and command != "train", place)
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as e:  # argparse: a usage error
-            code = e.code
+    cwd = os.getcwd()
+    os.chdir(place / "folder")  # a relative value ("0", "nan") names a file in this folder
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse: a usage error
+                code = e.code
+    finally:
+        os.chdir(cwd)
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     errors = [line for line in lines if not line.startswith("diffplan: warning")]
     assert "Traceback" not in err.getvalue(), (argv, err.getvalue()[-2000:])

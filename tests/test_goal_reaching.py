@@ -166,3 +166,39 @@ def test_data_support_ranks_a_plan_through_the_umaze_wall_below_the_route_round_
         data_support_guide(loaded, 0.2, [0, 9])
     with pytest.raises(ConfigError, match="too large .* use a larger distance"):
         data_support_guide(loaded, 1e-4, [0, 1])
+
+
+def test_from_checkpoint_is_the_planner_evaluate_runs(checkpoint):
+    """One builder: the planner a user imports acts exactly as the one `diffplan evaluate`
+    scores (the task's goal guide with its hold, the data's support, the state layout)."""
+    import gymnasium as gym
+
+    from diffplan.checkpoint import load_checkpoint
+    from diffplan.tasks.planning import evaluation_config
+    from planners import MPCPlanner
+
+    overrides = ["plan.n_candidates=4", "plan.sampling_steps=3", "plan.data_support=0.3",
+                 "task.options.goal_hold=0.25", "plan.kd=3.0"]  # fmt: skip
+    loaded = load_checkpoint(checkpoint)
+    config = evaluation_config(loaded, overrides)
+    from diffplan.tasks import task_for
+
+    task = task_for(config)
+    cli_planner = build_planner(loaded, task, config.plan)
+    mine = MPCPlanner.from_checkpoint(
+        str(checkpoint), n_candidates=4, sampling_steps=3, data_support=0.3, kd=3.0,
+        task=task,
+    )  # fmt: skip
+    assert mine.description == cli_planner.description and "data support" in mine.description
+    assert mine.tracker.kd == 3.0 and mine.position_dims == [0, 1]
+    env = gym.make("PointMaze_UMaze-v3")
+    raw, _ = env.reset(seed=3)
+    obs, goal = raw["observation"], raw["desired_goal"]
+    for _ in range(3):
+        a, b = cli_planner.act(obs, goal=goal), mine.act(obs, goal=goal)
+        assert np.array_equal(a, b)
+        obs = env.step(a)[0]["observation"]
+    kinds = [type(g).__name__ for g in mine.guide.guides]
+    assert kinds == [type(g).__name__ for g in cli_planner.guide.guides] and "Goal" in kinds
+    with pytest.raises(TypeError, match="did you mean 'n_candidates'"):
+        MPCPlanner.from_checkpoint(str(checkpoint), n_candidate=4)

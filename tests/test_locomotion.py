@@ -423,3 +423,20 @@ def test_train_warns_when_the_data_acts_outside_the_action_space(tmp_path, capsy
     assert cli(args) == 0
     err = capsys.readouterr().err
     assert "of the actions lie outside hopper's action space (by up to 0.4" in err
+
+
+def test_from_checkpoint_with_value_acts_as_evaluate_does(hopper_run):
+    from diffplan.checkpoint import load_checkpoint
+    from diffplan.tasks.planning import build_planner, evaluation_config
+    from planners import MPCPlanner
+
+    checkpoint, value = hopper_run
+    loaded = load_checkpoint(checkpoint)
+    settings = evaluation_config(loaded, FAST_PLAN).plan  # value guidance 0.1 (the config's)
+    cli_planner = build_planner(loaded, settings=settings, value=value)
+    mine = MPCPlanner.from_checkpoint(
+        str(checkpoint), value=str(value), n_candidates=4, sampler="ddim", sampling_steps=3
+    )
+    assert "value guidance 0.1" in mine.description == cli_planner.description
+    obs = np.stack([gym.make("Hopper-v5").reset(seed=s)[0] for s in range(2)])
+    assert np.array_equal(cli_planner.act(obs), mine.act(obs))

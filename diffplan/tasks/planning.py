@@ -9,6 +9,8 @@ This sits at the top of the stack (it imports `guides`, `planners` and the tasks
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,12 +58,18 @@ def build_planner(
     extra_guides: list[Guide] = (),
     device: str = "cpu",
     critic: str | Path | None = None,
+    task_guides: bool = True,
+    planner_kwargs: dict | None = None,
 ) -> MPCPlanner:
     """The planner of `task` for a checkpoint: the start state inpainted, the task's guides
-    (e.g. PointMaze's goal), value guidance when `value` is given, ranking by an in-support
-    critic when `critic` (or `plan.critic`) names one, `extra_guides`.
+    (e.g. PointMaze's goal; `task_guides=False` leaves them out), value guidance when `value`
+    is given, ranking by an in-support critic when `critic` (or `plan.critic`) names one,
+    `extra_guides`. The one place planners are built: `diffplan evaluate`,
+    `MPCPlanner.from_checkpoint` and the benchmark scripts all call it.
 
-    checkpoint: a path, or a model already loaded (to read the file once)."""
+    checkpoint: a path, or a model already loaded (to read the file once).
+    inverse_dynamics: a file, or a model already built (obs, next obs -> action).
+    planner_kwargs: `MPCPlanner` arguments that are not plan settings (eta, action_filter)."""
     loaded = _loaded(checkpoint, device)
     task = task or task_for(loaded.config)
     settings = settings or loaded.config.plan
@@ -70,7 +78,7 @@ def build_planner(
             f"plan.sampling_steps={settings.sampling_steps} exceeds the model's "
             f"{loaded.diffusion.n_timesteps} diffusion steps"
         )
-    guides: list[Guide] = list(task.planner_guides(loaded, settings))
+    guides: list[Guide] = list(task.planner_guides(loaded, settings)) if task_guides else []
     if value is not None:
         from diffplan.value_training import load_value
 
@@ -108,8 +116,8 @@ def build_planner(
             )
     if settings.data_support is not None:
         guides.append(data_support_guide(loaded, settings.data_support, arguments["position_dims"]))
-    inverse = None
-    if settings.action_mode == "inverse-dynamics":
+    inverse = inverse_dynamics if callable(inverse_dynamics) else None
+    if settings.action_mode == "inverse-dynamics" and inverse is None:
         from diffplan.inverse_dynamics import load_inverse_dynamics
 
         inverse = load_inverse_dynamics(
@@ -123,10 +131,78 @@ def build_planner(
         return_range=loaded.return_range,
         device=device,
         inverse_dynamics=inverse,
-        **arguments,
+        **{**arguments, **(planner_kwargs or {})},
     )
     planner.description = describe_settings(settings, value is not None, critic_path)
     return planner
+
+
+class NoTask(Task):
+    """A checkpoint whose config names no task (synthetic data, your own data without an env):
+    no task guides, no state layout; it cannot be evaluated, only planned with."""
+
+    family = "none"
+
+    def __init__(self) -> None:
+        super().__init__("none")
+
+    def planner_guides(self, loaded, settings) -> list:
+        return []
+
+    def tracker_dims(self):
+        return None
+
+    @classmethod
+    def claims(cls, name: str) -> str | None:
+        return None
+
+    def make_env(self, render_mode: str | None = None):
+        raise ConfigError("this checkpoint names no task to make an env of; set task.type")
+
+
+def planner_from_checkpoint(
+    checkpoint: str | Path | LoadedModel,
+    guide: Guide | list[Guide] | None = None,
+    device: str = "cpu",
+    value: str | Path | None = None,
+    critic: str | Path | None = None,
+    inverse_dynamics=None,
+    task: Task | None = None,
+    **settings,
+) -> MPCPlanner:
+    """`MPCPlanner.from_checkpoint`: the planner `diffplan evaluate` runs for this checkpoint,
+    with keyword overrides: any `plan:` setting (`n_candidates=64`, `kd=10.0`,
+    `warm_start=True`) or `MPCPlanner` argument (`eta`, `action_filter`). `guide` given: those
+    guides instead of the task's own (e.g. your own `Goal`); None: the task's."""
+    import dataclasses
+
+    from diffplan.config import validate_config
+
+    loaded = _loaded(checkpoint, device)
+    fields = {f.name for f in dataclasses.fields(PlanConfig)}
+    plan_settings = {k: v for k, v in settings.items() if k in fields}
+    planner_kwargs = {k: v for k, v in settings.items() if k not in fields}
+    allowed = set(inspect.signature(MPCPlanner.__init__).parameters) - {"self"}
+    unknown = sorted(set(planner_kwargs) - allowed)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(fields | allowed), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise TypeError(
+            f"from_checkpoint got unknown setting(s) {unknown}: pass plan settings "
+            f"({', '.join(sorted(fields))}) or MPCPlanner arguments{hint}"
+        )
+    plan = dataclasses.replace(loaded.config.plan, **plan_settings)
+    validate_config(dataclasses.replace(loaded.config, plan=plan), "from_checkpoint's settings")
+    if task is None:
+        try:
+            task = task_for(loaded.config)
+        except ConfigError:  # no task: plan without one
+            task = NoTask()
+    user = None if guide is None else (guide if isinstance(guide, list) else [guide])
+    return build_planner(
+        loaded, task, plan, value, inverse_dynamics, extra_guides=user or [], device=device,
+        critic=critic, task_guides=user is None, planner_kwargs=planner_kwargs,
+    )  # fmt: skip
 
 
 def critic_file(
