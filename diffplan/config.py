@@ -506,24 +506,67 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply `key=value` overrides, validate; errors are `ConfigError`."""
+    """Read a YAML config (and the `base:` files it builds on), apply `key=value` overrides,
+    validate; errors are `ConfigError`.
+
+    `base: other.yaml` (relative to the file) starts from that file's settings; the file's own
+    keys replace the base's, section by section. Bases may have bases; a missing base, a cycle
+    and a misspelt key (named with the file that holds it) are one line each."""
     path = Path(path)
+    raw = _read_with_bases(path, [])
+    return config_from_dict(raw, str(path), overrides)
+
+
+def _read_yaml(path: Path, what: str = "config file") -> dict:
     if path.is_dir():
-        raise ConfigError(f"config file {path} is a directory; pass a YAML file (see configs/)")
+        raise ConfigError(f"{what} {path} is a directory; pass a YAML file (see configs/)")
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; see configs/ for the shipped ones")
+        raise ConfigError(f"{what} {path} not found; see configs/ for the shipped ones")
     try:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (safe)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(e)}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file {path} ({e})") from None
+        raise ConfigError(f"cannot read {what} {path} ({e})") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(
-            f"config file {path} must hold a mapping of sections (name:, data:, model:, "
+            f"{what} {path} must hold a mapping of sections (name:, data:, model:, "
             f"train:, ...) at its top level, but holds a {type(raw).__name__}"
         )
-    return config_from_dict(raw, str(path), overrides)
+    return raw or {}
+
+
+def _read_with_bases(path: Path, chain: list[Path]) -> dict:
+    """The file's settings over those of its `base:` chain (each file's keys checked
+    against the schema under its own name)."""
+    raw = dict(_read_yaml(path, "config file" if not chain else "base config"))
+    base = raw.pop("base", None)
+    _build(Config, raw, "", _Sources(str(path)))  # a misspelt key names this file
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config key 'base' in {path} must be a file name, got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(
+            f"config key 'base' in {path} names {base}, but {base_path} does not exist"
+        )
+    seen = [*chain, path.resolve()]
+    if base_path.resolve() in seen:
+        loop = " -> ".join(p.name for p in [*seen, base_path.resolve()])
+        raise ConfigError(f"config bases form a cycle: {loop}; remove one 'base:'")
+    return _merge(_read_with_bases(base_path, seen), raw)
+
+
+def _merge(base: dict, own: dict) -> dict:
+    """`own` over `base`: sections merge key by key, everything else is replaced."""
+    out = dict(base)
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -82,3 +82,33 @@ def test_the_shipped_configs_are_there():
     for env in ("hopper", "halfcheetah", "walker2d"):
         for ds in ("medium", "medium-replay", "medium-expert"):
             assert f"{env}-{ds}-v2" in names
+
+
+def test_a_config_builds_on_its_base(tmp_path):
+    """`base:` composes configs: the file's keys over its base's, section by section, and a
+    missing base, a cycle and a misspelt key in a base are one line each."""
+    (tmp_path / "base.yaml").write_text(
+        "name: base\ntrain:\n  steps: 7\n  lr: 0.01\nmodel:\n  horizon: 16\n"
+    )
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nname: child\ntrain:\n  steps: 9\n")
+    config = load_config(tmp_path / "child.yaml", ["train.batch_size=8"])
+    assert (config.name, config.train.steps, config.train.lr) == ("child", 9, 0.01)
+    assert config.model.horizon == 16 and config.train.batch_size == 8
+    (tmp_path / "orphan.yaml").write_text("base: nope.yaml\n")
+    with pytest.raises(ConfigError, match="names nope.yaml, but .* does not exist"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle: a.yaml -> b.yaml -> a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "typo-base.yaml").write_text("train:\n  stpes: 3\n")
+    (tmp_path / "uses-typo.yaml").write_text("base: typo-base.yaml\nname: x\n")
+    with pytest.raises(ConfigError, match=r"'train.stpes' in .*typo-base.yaml.*'steps'"):
+        load_config(tmp_path / "uses-typo.yaml")
+
+
+def test_locomotion_configs_are_a_base_plus_a_few_lines():
+    root = Path(__file__).resolve().parent.parent / "configs"
+    for path in [*root.glob("b6-*.yaml"), *root.glob("*-v2.yaml")]:
+        lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+        assert lines[0].startswith("base: base/") and len(lines) <= 20, path.name
