@@ -130,6 +130,9 @@ class Guide:
 
     #: gradient steps per denoising step (Diffuser's n_guide_steps)
     guide_steps: int = 1
+    #: True for guides that read the goal handed to the planner (`ctx.goal`): a planner with
+    #: none of them warns once that the goal it was given goes unused
+    uses_goal: bool = False
     #: bound on each entry of the step (normalized units); None: unclipped. A clipped step
     #: needs the guide's own backward pass (clipping does not commute with summing).
     grad_clip: float | None = None

@@ -96,6 +96,9 @@ class Goal(Guide):
     the plan, a proxy for the time spent at the goal.
     """
 
+    #: reads the goal handed to the planner (`act(obs, goal=...)`)
+    uses_goal = True
+
     def __init__(
         self,
         position: Sequence[float] | torch.Tensor | None = None,

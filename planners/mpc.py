@@ -12,6 +12,7 @@ the current plan: the diffused actions, or a PD tracker following the planned st
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,6 +164,7 @@ class MPCPlanner:
         self.description = "MPCPlanner"  # what was run, for result tables
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.last_plan: Plan | None = None
+        self._warned_goal = False
         self._plans: torch.Tensor | None = None  # (E, H, D) env units, current plan per env
         self._plans_normalized: torch.Tensor | None = None  # the same, normalized
         self._since_plan: np.ndarray | None = None  # (E,) env steps since each env's plan
@@ -339,6 +341,15 @@ class MPCPlanner:
         obs, single = self._check_observation(observation)
         rows = len(obs)
         goal = self._check_goal(goal, rows)
+        if goal is not None and not self._warned_goal:
+            if not any(getattr(g, "uses_goal", False) for g in self.guide.guides):
+                self._warned_goal = True
+                names = ", ".join(type(g).__name__ for g in self.guide.guides)
+                warnings.warn(
+                    f"the planner was given a goal but none of its guides ({names}) reads it: "
+                    "it plans without the goal; add guides.Goal(...) (or the task's goal guide)",
+                    stacklevel=2,
+                )
         if env_indices is None:
             slots = np.arange(rows)
             if self._since_plan is None or len(self._since_plan) != rows:

@@ -55,7 +55,7 @@ class GymTask(Task):
         import gymnasium as gym
 
         try:
-            gym.spec(name)
+            gym.spec(_import_env_module(name))
         except Exception:  # gymnasium raises several error types for unknown/ambiguous ids
             return None
         return name
@@ -80,7 +80,7 @@ class GymTask(Task):
             from gymnasium.envs.registration import EnvSpec
 
             return gym.make(EnvSpec.from_json(self._spec_json), **kwargs)
-        return gym.make(self.env, **kwargs)
+        return gym.make(_import_env_module(self.env), **kwargs)
 
     def observation(self, raw: Any) -> np.ndarray:
         if isinstance(raw, dict):
@@ -92,3 +92,42 @@ class GymTask(Task):
 
     def refs(self) -> list[Refs]:
         return [] if self._refs is None else [self._refs]
+
+    def planner_guides(self, loaded: Any, settings: Any) -> list:
+        """The goal guide when the env hands out a goal (a dict observation's
+        'desired_goal'): the planner plans to it at the state layout's positions."""
+        env = self.make_env()
+        try:
+            space = env.observation_space
+            has_goal = hasattr(space, "spaces") and "desired_goal" in space.spaces
+        finally:
+            env.close()
+        if not has_goal:
+            return []
+        if settings.position_dims is None:
+            raise ConfigError(
+                f"{self.name} gives a goal (observation['desired_goal']) and the planner plans to"
+                " it, but does not know which observation dims are positions: set "
+                "plan.position_dims (e.g. plan.position_dims=[0,1])"
+            )
+        from guides import Goal
+
+        return [Goal()]
+
+
+def _import_env_module(name: str) -> str:
+    """gymnasium's `module:EnvId` form: import the module (which registers the env) and return
+    the id, so that an env of the user's own module is reachable from the command line."""
+    if ":" not in name:
+        return name
+    module, env_id = name.split(":", 1)
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(
+            f"env {name!r}: cannot import module {module!r} ({e}); run from the folder that "
+            "holds it or put it on PYTHONPATH"
+        ) from None
+    return env_id

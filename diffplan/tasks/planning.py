@@ -134,6 +134,10 @@ def build_planner(
         **{**arguments, **(planner_kwargs or {})},
     )
     planner.description = describe_settings(settings, value is not None, critic_path)
+    named = [type(g).__name__ for g in guides if type(g).__name__ not in ("ValueGuide",
+             "CriticRanking", "Constraint")]  # fmt: skip
+    if named:  # the task's and the user's guides, so that a result says what planned
+        planner.description += ", guides: " + " + ".join(named)
     return planner
 
 
