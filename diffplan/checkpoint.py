@@ -250,3 +250,27 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         path=path,
         raw=raw,
     )
+
+
+def read_part(path: str | os.PathLike, fmt: str, version: int | None, what: str, fix: str) -> dict:
+    """The raw dict of a file that belongs to a diffusion model (a value net, critic, state
+    model or inverse dynamics): loaded weights-only, its format tag and version checked, no
+    NaN/inf in its weights. Every failure is one `CheckpointError` naming the file and `fix`;
+    checking that it belongs to *this* model is the caller's part."""
+    from diffplan.preflight import check_input_file
+
+    path = check_input_file(path, what)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and truncation errors all mean one thing here
+        raise CheckpointError(
+            f"{path} is not a readable {what} ({type(e).__name__}); {fix}"
+        ) from None
+    if not isinstance(raw, dict) or raw.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a diffplan {what} (no '{fmt}' tag); {fix}")
+    if version is not None and raw.get("version") != version:
+        raise CheckpointError(f"{path} has {what} format version {raw.get('version')!r}; {fix}")
+    bad = first_non_finite(raw.get("state_dict"))
+    if bad:
+        raise CheckpointError(f"{path} holds NaN/inf values (in {bad}); {fix}")
+    return raw

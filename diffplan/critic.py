@@ -28,11 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffplan.checkpoint import LoadedModel, first_non_finite, load_checkpoint, save_checkpoint
+from diffplan.checkpoint import (
+    LoadedModel,
+    first_non_finite,
+    load_checkpoint,
+    read_part,
+    save_checkpoint,
+)
 from diffplan.config import CriticConfig, config_from_dict
 from diffplan.data.episodes import Episodes
 from diffplan.errors import CheckpointError, ConfigError, TrainingDiverged
-from diffplan.preflight import check_input_file, check_value_paths, remove_stale_temp_files
+from diffplan.preflight import check_value_paths, remove_stale_temp_files
 
 CRITIC_FORMAT = "diffplan-critic"
 CRITIC_VERSION = 1
@@ -248,27 +254,16 @@ def load_critic(path: str | os.PathLike, loaded_diffusion: LoadedModel) -> Criti
     """The critic in `path` (eval mode, frozen, on the model's device), checked against the
     diffusion model whose plans it will rank: same dataset, same observation and action dims.
     """
-    path = check_input_file(path, "critic")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and truncation errors all mean one thing here
-        raise CheckpointError(f"{path} is not a readable critic ({type(e).__name__})") from None
-    if not isinstance(raw, dict) or raw.get("format") != CRITIC_FORMAT:
-        raise CheckpointError(f"{path} is not a diffplan critic (no '{CRITIC_FORMAT}' tag)")
-    if raw.get("version") != CRITIC_VERSION:
-        raise CheckpointError(f"{path} has critic format version {raw.get('version')!r}")
+    fix = f"train one with `diffplan train-critic --checkpoint {loaded_diffusion.path}`"
+    raw = read_part(path, CRITIC_FORMAT, CRITIC_VERSION, "critic", fix)
     spec, data = loaded_diffusion.spec, loaded_diffusion.config.data
     dims = (raw.get("obs_dim"), raw.get("act_dim"))
     if dims != (spec.obs_dim, spec.act_dim) or raw.get("dataset") != str(data.dataset):
         raise CheckpointError(
             f"{path} was trained on {raw.get('dataset')} (obs/act dims {dims}), but "
             f"{loaded_diffusion.path} plans over {data.dataset} ({spec.obs_dim}, "
-            f"{spec.act_dim}); train one with `diffplan train-critic --checkpoint "
-            f"{loaded_diffusion.path}`"
+            f"{spec.act_dim}); {fix}"
         )
-    bad = first_non_finite(raw.get("state_dict"))
-    if bad:
-        raise CheckpointError(f"{path} holds NaN/inf values (in {bad}); retrain it")
     try:
         critic = Critic(int(raw["obs_dim"]), int(raw["act_dim"]), list(raw["hidden"]))
         critic.load_state_dict(raw["state_dict"])

@@ -32,10 +32,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffplan.checkpoint import LoadedModel, first_non_finite, load_checkpoint, save_checkpoint
+from diffplan.checkpoint import (
+    LoadedModel,
+    first_non_finite,
+    load_checkpoint,
+    read_part,
+    save_checkpoint,
+)
 from diffplan.distributed import resolve_device
 from diffplan.errors import CheckpointError, ConfigError, TrainingDiverged
-from diffplan.preflight import check_input_file, check_value_paths, remove_stale_temp_files
+from diffplan.preflight import check_value_paths, remove_stale_temp_files
 
 STATE_MODEL_FORMAT = "diffplan-state-model"
 STATE_MODEL_VERSION = 1
@@ -208,19 +214,8 @@ def load_state_model(
     """The state model in `path` (eval mode, frozen, on the model's device), checked against
     the diffusion model whose plans it will serve (observation size, data) and, when given,
     against the expected `kind`."""
-    path = check_input_file(path, "state model")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and truncation errors all mean one thing here
-        what = type(e).__name__
-        raise CheckpointError(f"{path} is not a readable state model ({what})") from None
     fix = "make one with `diffplan train-state-model --checkpoint ... --kind ...`"
-    if not isinstance(raw, dict) or raw.get("format") != STATE_MODEL_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a diffplan state model (no '{STATE_MODEL_FORMAT}' tag); {fix}"
-        )
-    if raw.get("version") != STATE_MODEL_VERSION:
-        raise CheckpointError(f"{path} has state model format version {raw.get('version')!r}")
+    raw = read_part(path, STATE_MODEL_FORMAT, STATE_MODEL_VERSION, "state model", fix)
     if kind is not None and raw.get("kind") != kind:
         raise CheckpointError(f"{path} is a '{raw.get('kind')}' model, not a '{kind}' one; {fix}")
     obs_dim = loaded_diffusion.spec.obs_dim
@@ -234,9 +229,6 @@ def load_state_model(
             f"{path} was trained on other data (or another reward relabelling) than this model "
             f"(it was made from {raw.get('diffusion_checkpoint')}); {fix}"
         )
-    bad = first_non_finite(raw.get("state_dict"))
-    if bad:
-        raise CheckpointError(f"{path} holds NaN/inf values (in {bad}); {fix}")
     try:
         model = StateModel(obs_dim, tuple(int(h) for h in raw["hidden"]), str(raw["kind"]))
         model.load_state_dict(raw["state_dict"])

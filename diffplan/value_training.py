@@ -22,14 +22,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffplan.checkpoint import LoadedModel, first_non_finite, load_checkpoint, save_checkpoint
+from diffplan.checkpoint import (
+    LoadedModel,
+    first_non_finite,
+    load_checkpoint,
+    read_part,
+    save_checkpoint,
+)
 from diffplan.data.windows import TrajectoryWindows
 from diffplan.diffusion import Diffusion
 from diffplan.distributed import resolve_device
 from diffplan.errors import CheckpointError, ConfigError, TrainingDiverged
 from diffplan.networks import ValueNet
 from diffplan.normalizer import Normalizer
-from diffplan.preflight import check_input_file, check_value_paths, remove_stale_temp_files
+from diffplan.preflight import check_value_paths, remove_stale_temp_files
 from diffplan.spec import TrajectorySpec
 
 VALUE_FORMAT = "diffplan-value"
@@ -209,18 +215,8 @@ def load_value(path: str | os.PathLike, loaded_diffusion: LoadedModel) -> ValueF
     A file trained for another model (other normalizer, layout or schedule) is a
     `CheckpointError`, as is anything that is not a diffplan value checkpoint.
     """
-    path = check_input_file(path, "value checkpoint")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and truncation errors all mean one thing here
-        detail = type(e).__name__
-        raise CheckpointError(f"{path} is not a readable value checkpoint ({detail})") from None
-    if not isinstance(raw, dict) or raw.get("format") != VALUE_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a diffplan value checkpoint (no '{VALUE_FORMAT}' tag)"
-        )
-    if raw.get("version") != VALUE_VERSION:
-        raise CheckpointError(f"{path} has value format version {raw.get('version')!r}")
+    fix = "retrain it with `diffplan train-value`"
+    raw = read_part(path, VALUE_FORMAT, VALUE_VERSION, "value checkpoint", fix)
     expected = model_fingerprint(
         loaded_diffusion.spec, loaded_diffusion.normalizer, loaded_diffusion.diffusion
     )
@@ -228,12 +224,7 @@ def load_value(path: str | os.PathLike, loaded_diffusion: LoadedModel) -> ValueF
         raise CheckpointError(
             f"{path} was trained for another diffusion model (fingerprint "
             f"{raw.get('fingerprint')} != {expected}: normalizer, plan layout or schedule differ;"
-            f" made from {raw.get('diffusion_checkpoint')}); retrain it with `diffplan train-value`"
-        )
-    bad = first_non_finite(raw.get("state_dict"))
-    if bad:
-        raise CheckpointError(
-            f"{path} holds NaN/inf values (in {bad}); retrain it with `diffplan train-value`"
+            f" made from {raw.get('diffusion_checkpoint')}); {fix}"
         )
     try:
         net = _build_net(raw["net"])

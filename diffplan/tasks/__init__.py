@@ -46,7 +46,8 @@ def resolve_env(name: str) -> tuple[str, str]:
     raise ConfigError(
         f"unknown env '{name}': not a PointMaze maze (pointmaze-umaze|medium|large), a "
         "locomotion env (hopper|walker2d|halfcheetah) nor a registered gymnasium id; register "
-        "your env with gymnasium.register, or name it module:EnvId so that the module is imported (README, 'Your own environment')"
+        "your env with gymnasium.register, or name it module:EnvId so that its module is "
+        "imported (README, 'Your own environment')"
     )
 
 
