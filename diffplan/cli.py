@@ -389,7 +389,26 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    return args.data_run(args)
+    from diffplan.runlock import RunLock
+
+    with RunLock(_data_folder(args), f"data {args.kind}"):  # one writer per folder
+        return args.data_run(args)
+
+
+def _data_folder(args: argparse.Namespace) -> Path:
+    """The folder a data command writes: the HDF5 file's folder, the policy run or policy
+    folder, else the Minari datasets root."""
+    if getattr(args, "fmt", None) == "d4rl" and args.out:
+        return Path(args.out).parent
+    if args.kind == "train-policy":
+        return Path(args.out) if args.out is not None else Path("runs") / "policies" / args.env
+    if args.kind == "export-policy":
+        from diffplan.tasks.locomotion.datasets import policy_path
+
+        return policy_path(args.env, args.level, args.out).parent
+    from diffplan.data.minari_source import datasets_root
+
+    return datasets_root(args.root)[0]
 
 
 def _data_pointmaze(args: argparse.Namespace) -> int:

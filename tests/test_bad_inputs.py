@@ -369,6 +369,10 @@ CASES = [
     Case("evaluate-huge-episodes",
          lambda t: ["evaluate", "--checkpoint", str(t / "run/last.pt"), "--episodes", "1e12"],
          ("must be an integer",)),
+    Case("data-into-a-folder-another-command-writes",
+         lambda t: ["data", "pointmaze", "--maze", "umaze", "--steps", "10", "--root",
+                    str(t / "run"), "--no-progress"],
+         ("is being written by pid",), setup=live_lock),
     Case("sample-zero-plans", lambda t: ["sample", "--checkpoint", str(t / "run/last.pt"), "--n",
                                          "0"], ("argument --n: must be >= 1, got 0",)),
 ]  # fmt: skip
