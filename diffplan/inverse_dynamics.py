@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffplan.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
+from diffplan.checkpoint import LoadedModel, load_checkpoint, read_part, save_checkpoint
 from diffplan.distributed import resolve_device
 from diffplan.errors import CheckpointError, DiffplanError
 from diffplan.normalizer import Normalizer
@@ -164,14 +164,8 @@ def load_inverse_dynamics(path: str | os.PathLike, loaded: LoadedModel) -> Inver
             f"inverse-dynamics file {path} not found; train it with `diffplan train-inverse "
             f"--checkpoint {loaded.path} --out {path}`"
         )
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and truncation errors all mean one thing here
-        raise CheckpointError(
-            f"{path} is not a readable inverse-dynamics file ({type(e).__name__})"
-        ) from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a diffplan inverse-dynamics file (no '{FORMAT}' tag)")
+    fix = f"retrain it with `diffplan train-inverse --checkpoint {loaded.path}`"
+    raw = read_part(path, FORMAT, None, "inverse-dynamics file", fix)
     if raw.get("fingerprint") != _fingerprint(loaded):
         raise CheckpointError(
             f"{path} was trained for another diffusion model; retrain it with "
