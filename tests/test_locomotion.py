@@ -440,3 +440,25 @@ def test_from_checkpoint_with_value_acts_as_evaluate_does(hopper_run):
     assert "value guidance 0.1" in mine.description == cli_planner.description
     obs = np.stack([gym.make("Hopper-v5").reset(seed=s)[0] for s in range(2)])
     assert np.array_equal(cli_planner.act(obs), mine.act(obs))
+
+
+def test_a_config_that_carries_the_critic_recipe_evaluates_it_with_no_overrides(
+    hopper_file, tmp_path, capsys
+):
+    """What configs/b6-hopper-medium.yaml ships: train, train-critic, evaluate with nothing
+    else, and the planner is the critic-ranked one."""
+    recipe = ["plan.critic=critic.pt", "plan.elite=2", "plan.n_candidates=4",
+              "plan.sampler=ddim", "plan.sampling_steps=2", "plan.warm_start=true",
+              "plan.warm_start_t=5", "task.max_episode_steps=6"]  # fmt: skip
+    config = load_config("configs/hopper-medium-v2.yaml", [f"data.dataset={hopper_file}", *TINY,
+                                                           *recipe])  # fmt: skip
+    checkpoint = train(config, tmp_path / "run", progress=False)
+    critic = ["train-critic", "--checkpoint", str(checkpoint), "--steps", "20", "--no-progress",
+              "critic.hidden=[8]"]  # fmt: skip
+    assert cli(critic) == 0
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--episodes", "1", "--n-envs", "1",
+            "--no-progress"]  # fmt: skip
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert "critic ranking (critic.pt)" in out and "mean action of the best 2" in out
+    assert "warm start t=5" in out
