@@ -509,6 +509,11 @@ def test_data_errors_are_one_line(tmp_path, capsys):
         (f"data export-policy --env hopper --level expert --run {tmp_path / 'none'}", "not found"),
         (f"data mujoco --env hopper --level medium --out x.hdf5 --policy-dir {tmp_path}", "d4rl"),
         ("data mujoco --env hopper --level random --steps 0", ">= 1"),  # a usage error: 2
+        (
+            f"data mujoco --env hopper --level medium --format d4rl --policy-dir {tmp_path} --out "
+            f"{tmp_path / 'hopper-medium.pt'} --overwrite",
+            "the medium behaviour policy it reads",
+        ),
     ]
     for args, words in cases:
         try:

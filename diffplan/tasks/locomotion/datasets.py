@@ -930,10 +930,12 @@ def generate_mujoco_dataset(
             if out is not None
             else (Path(root or "data") / f"{dataset_id.split('/')[-1]}.hdf5")
         )
-        if target.exists() and not overwrite:
-            raise FileExistsError(
-                f"{target} already exists; pass overwrite=True (--overwrite) to replace it"
-            )
+        from diffplan.preflight import check_output_file
+
+        # Never one of its inputs (a behaviour policy file), even with --overwrite.
+        policies = [(policy_path(env, lvl, policy_dir), f"the {lvl} behaviour policy it reads")
+                    for lvl in ("medium", "expert")]  # fmt: skip
+        check_output_file(target, overwrite, "--out", policies, example=f"{env}-{level}-v2.hdf5")
 
     # What it needs: policy files, the run dir, the refs.
     needs = {
