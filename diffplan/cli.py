@@ -612,6 +612,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.multi_task:
         options["multi_task"] = True
     task = task_for(config, args.env, options)
+    episodes = args.episodes or config.task.episodes
+    if episodes > 10_000:  # say up front what was asked for (the bar's estimate comes later)
+        limit = config.task.max_episode_steps or task.default_max_episode_steps or "the env's"
+        warnings.warn(
+            f"{episodes:,} episodes of up to {limit} env steps each is a long evaluation (the "
+            "benchmarks use 50-100); the progress bar estimates the time left after the first "
+            "episodes, and Ctrl-C stops it without results",
+            DiffplanWarning,
+            stacklevel=2,
+        )
 
     def write_results(result) -> None:  # before the plot: a failed plot loses no results
         if args.json:
@@ -633,7 +643,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         value=args.value,
         inverse_dynamics=args.inverse_dynamics,
         critic=args.critic,
-        episodes=args.episodes or config.task.episodes,
+        episodes=episodes,
         n_envs=args.n_envs or config.task.n_envs,
         seed=config.task.seed if args.seed is None else args.seed,
         plot=args.plot,

@@ -99,3 +99,24 @@ def test_json_fields_and_plot(controller_results: dict[int, EvalResult], tmp_pat
     assert "normalized (Minari)" in r.format_table()
     out = plot_paths(r, tmp_path / "paths.png")
     assert out.stat().st_size > 1000
+
+
+def test_out_of_bounds_actions_are_counted_and_said():
+    """Actions beyond the action space are clipped by the env: the result says how many."""
+    from diffplan.tasks.evaluation import evaluate_policy
+
+    class TooStrong:
+        description = "too strong"
+
+        def reset(self, env_indices=None):
+            pass
+
+        def act(self, observations, goals=None, env_indices=None):
+            actions = np.full((len(observations), 3), 0.5, np.float32)
+            actions[0, 0] = 1.5  # the first live env's first joint: outside [-1, 1]
+            return actions
+
+    result = evaluate_policy(TooStrong(), "Hopper-v5", episodes=2, n_envs=2,
+                             max_episode_steps=4, progress=False)  # fmt: skip
+    assert 0.4 <= result.actions_out_of_bounds <= 1.0
+    assert "out-of-bounds actions" in result.format_table()

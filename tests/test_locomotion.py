@@ -462,3 +462,17 @@ def test_a_config_that_carries_the_critic_recipe_evaluates_it_with_no_overrides(
     out = capsys.readouterr().out
     assert "critic ranking (critic.pt)" in out and "mean action of the best 2" in out
     assert "warm start t=5" in out
+
+
+def test_a_huge_evaluation_says_so_before_it_starts(hopper_run, capsys, monkeypatch):
+    import diffplan.tasks.planning as planning
+
+    checkpoint, _ = hopper_run
+    monkeypatch.setattr(planning, "evaluate_policy", _stop_here)  # only the start is under test
+    assert cli(["evaluate", "--checkpoint", str(checkpoint), "--episodes", "1000000"]) == 1
+    err = capsys.readouterr().err
+    assert "1,000,000 episodes of up to 1000 env steps each is a long evaluation" in err
+
+
+def _stop_here(*args, **kwargs):
+    raise OSError("stopped by the test")

@@ -140,6 +140,9 @@ class EvalResult:
     plans: int | None = None
     task_info: dict[str, Any] = field(default_factory=dict)
     paths: list[dict[str, Any]] = field(default_factory=list)
+    # Share of executed actions outside the env's action space (the env clips them): a
+    # planner that copies out-of-bounds data acts differently than it planned.
+    actions_out_of_bounds: float = 0.0
 
     @property
     def score_mean(self) -> float:
@@ -196,6 +199,11 @@ class EvalResult:
                 f"  plans drawn           {self.plans:8d}   "
                 f"({self.plans / max(sum(self.lengths), 1):.3f} per decision)"
             )
+        if self.actions_out_of_bounds > 0:
+            rows.append(
+                f"  out-of-bounds actions {100 * self.actions_out_of_bounds:8.1f} %   (outside "
+                "the action space: the env clipped them)"
+            )
         rows.append(f"  wall time             {self.wall_time_s:8.1f} s")
         return "\n".join(rows)
 
@@ -238,6 +246,9 @@ def evaluate_policy(
     envs = [task.make_env() for _ in range(n_envs)]
     act_shape = envs[0].action_space.shape
     act_dtype = envs[0].action_space.dtype
+    act_low = np.asarray(getattr(envs[0].action_space, "low", -np.inf), dtype=np.float64)
+    act_high = np.asarray(getattr(envs[0].action_space, "high", np.inf), dtype=np.float64)
+    out_of_bounds = 0
 
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
@@ -294,6 +305,8 @@ def evaluate_policy(
             )
         if not np.isfinite(actions).all():
             raise ValueError(f"policy {type(policy).__name__} returned a non-finite action")
+        outside = (actions < act_low - 1e-6) | (actions > act_high + 1e-6)
+        out_of_bounds += int(outside.reshape(len(live), -1).any(axis=1).sum())
         if record_plans is not None:
             _record_first_plans(policy, live, slot_episode, record_paths, record_plans)
         finished = []
@@ -360,6 +373,7 @@ def evaluate_policy(
         plans=plans,
         task_info=task.info(),
         paths=[{**p, "xy": np.asarray(p["xy"])} for _, p in sorted(paths.items())],
+        actions_out_of_bounds=out_of_bounds / max(int(lengths.sum()), 1),
     )
 
 
