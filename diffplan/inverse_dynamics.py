@@ -95,15 +95,11 @@ def train_inverse_dynamics(
     overwrite: bool = False,
 ) -> Path:
     """Fit f(s_t, s_t+stride) -> a_t on the checkpoint's dataset; write it to `out_path`."""
+    from diffplan.preflight import check_value_paths
     from diffplan.trainer import load_episodes
 
     out_path = Path(out_path)
-    if out_path.is_dir():
-        raise DiffplanError(f"--out {out_path} is a directory; give a file path (e.g. inverse.pt)")
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} exists; pass --overwrite to replace it")
-    if out_path.resolve() == Path(diffusion_checkpoint).resolve():
-        raise DiffplanError("--out is the diffusion checkpoint itself; choose another file")
+    check_value_paths(diffusion_checkpoint, out_path, overwrite)  # never the checkpoint itself
     if steps < 1 or batch_size < 1:
         raise DiffplanError("--steps and --batch-size must be >= 1")
     dev = resolve_device(device)
