@@ -130,6 +130,9 @@ class PlanConfig:
     # Execute the mean action of the `elite` best-scored candidates (1: the best plan's own;
     # see planners.MPCPlanner): averages out the behaviour policy's sampling noise.
     elite: int = 1
+    # Scale of the sampler's starting noise: 1 samples the model's distribution, below 1
+    # nearer its modes (less of the behaviour policy's noise).
+    temperature: float = 1.0
     sampler: str = "ddim"
     sampling_steps: int = 10
     warm_start: bool = False
@@ -451,6 +454,7 @@ def validate_config(config: Config, source: str | _Sources = "the config") -> No
         ("critic.target_update", finite(c.target_update) and 0.0 < c.target_update <= 1.0,
          "in (0, 1]"),
         ("plan.n_candidates", p.n_candidates >= 1, ">= 1"),
+        ("plan.temperature", finite(p.temperature) and 0 < p.temperature <= 1, "in (0, 1]"),
         ("plan.elite", 1 <= p.elite <= p.n_candidates,
          f"in 1..plan.n_candidates ({p.n_candidates})"),
         ("plan.sampler", p.sampler in SAMPLERS, choice(SAMPLERS)),

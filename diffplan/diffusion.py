@@ -237,6 +237,7 @@ class Diffusion(nn.Module):
         cond_weight: float = 1.0,
         generator: torch.Generator | None = None,
         return_chain: bool = False,
+        temperature: float = 1.0,
     ) -> Samples:
         """Draw `batch_size` normalized plans (B, H, D).
 
@@ -246,6 +247,8 @@ class Diffusion(nn.Module):
         sampler: "ddpm" (ancestral; eta=1) or "ddim" (eta defaults to 0), over `steps` timesteps.
         warm_start: (B, H, D) normalized plan noised to timestep `warm_start_t`; denoising
             starts there instead of from pure noise.
+        temperature: scale of the starting noise (1: the model's distribution; below 1 draws
+            closer to its modes, e.g. less of the behaviour policy's action noise).
 
         Runs under `torch.inference_mode` unless a guide takes gradients (then `no_grad`, with
         autograd enabled around the guide's gradient only); returns ordinary tensors either way.
@@ -282,7 +285,7 @@ class Diffusion(nn.Module):
         with mode:
             x, chain = self._denoise(
                 ts, shape, inpaint, guide if use_gradient else None, ctx, eta, warm_start,
-                cond, cond_weight, generator, return_chain,
+                cond, cond_weight, generator, return_chain, temperature,
             )  # fmt: skip
         if not use_gradient:  # inference tensors cannot be modified outside inference mode
             x = x.clone()
@@ -311,7 +314,7 @@ class Diffusion(nn.Module):
 
     def _denoise(
         self, ts, shape, inpaint, guide, ctx, eta, warm_start, cond, cond_weight, generator,
-        return_chain,
+        return_chain, temperature=1.0,
     ):  # fmt: skip
         """The reverse process over timesteps `ts` (see `sample`); `guide` only when it takes
         gradients."""
@@ -319,9 +322,13 @@ class Diffusion(nn.Module):
         batch_size = shape[0]
         if warm_start is not None:
             noise = torch.randn(shape, device=device, generator=generator)
+            if temperature != 1.0:
+                noise = noise * temperature
             x = self.q_sample(warm_start, torch.full((batch_size,), ts[0], device=device), noise)
         else:
             x = torch.randn(shape, device=device, generator=generator)
+            if temperature != 1.0:
+                x = x * temperature
         if inpaint is not None:
             x = inpaint.apply(x)
         chain = [x] if return_chain else None

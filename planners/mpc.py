@@ -53,6 +53,7 @@ def planner_arguments(plan) -> dict:
         ),
         "seed": plan.seed,
         "elite": plan.elite,
+        "temperature": plan.temperature,
         "position_dims": plan.position_dims,
         "velocity_dims": plan.velocity_dims,
     }
@@ -72,6 +73,8 @@ class MPCPlanner:
         (obs (E, obs_dim), next planned obs (E, obs_dim) -> (E, act_dim), env units) for the
         action that leads to the next planned state (states-only models).
     replan_every: env steps between plans; 0 plans once per episode (open loop).
+    temperature: scale of the sampler's starting noise (1: the model's own distribution;
+        below 1: plans nearer its modes).
     elite: the kept plan's actions are the mean of the `elite` best-scored candidates' actions
         (its states stay the best one's). 1: the best plan as sampled. Above 1 it averages out
         the sampling noise the model learned from a stochastic behaviour policy, among plans
@@ -110,6 +113,7 @@ class MPCPlanner:
         velocity_dims: list[int] | None = None,
         action_filter=None,
         elite: int = 1,
+        temperature: float = 1.0,
     ):
         if action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
@@ -138,6 +142,9 @@ class MPCPlanner:
         self.guide = Compose([StartState(), *user_guides])
         self.n_candidates = n_candidates
         self.elite = elite
+        if not 0 < temperature <= 1:
+            raise ValueError(f"temperature must be in (0, 1], got {temperature}")
+        self.temperature = float(temperature)
         self.sampler = sampler
         self.sampling_steps = sampling_steps
         self.eta = eta
@@ -275,6 +282,7 @@ class MPCPlanner:
             warm_start=warm,
             warm_start_t=self.warm_start_t if warm is not None else None,
             generator=self.generator,
+            temperature=self.temperature,
         )
         plans = self.normalizer.unnormalize(samples.x)
         known = self.guide.inpaint(ctx)  # restore fixed entries exactly (no round-off) in env units

@@ -199,3 +199,21 @@ def test_transformer_learns_the_two_modes_to_the_unets_bar(transformer):
     x = _sample(transformer, sampler="ddim", steps=5)
     mask = transformer["inpaint"].mask.expand_as(x)
     assert torch.equal(x[mask], transformer["inpaint"].values.expand_as(x)[mask])
+
+
+def test_low_temperature_draws_nearer_the_modes_and_one_changes_nothing(setup):
+    """temperature < 1 scales the starting noise: samples spread less within each mode (less
+    of the data's noise) and still cover both modes; temperature 1 is the plain sampler."""
+    spec, norm = setup["spec"], setup["norm"]
+    plain = _sample(setup, sampler="ddim", steps=5)
+    assert torch.equal(plain, _sample(setup, sampler="ddim", steps=5, temperature=1.0))
+    cool = _sample(setup, sampler="ddim", steps=5, temperature=0.3)
+
+    def spread_within_modes(x):
+        end_y = spec.observations(norm.unnormalize(x))[:, -1, 1]
+        up, down = end_y[end_y > 0], end_y[end_y <= 0]
+        return (up.std() + down.std()).item() / 2
+
+    assert spread_within_modes(cool) < spread_within_modes(plain)
+    up, down, mid = mode_fractions(cool, spec, norm)
+    assert up >= 0.2 and down >= 0.2 and mid <= 0.1

@@ -266,6 +266,8 @@ def describe_settings(settings: PlanConfig, value: bool, critic: Path | None = N
         parts.append(f"warm start t={settings.warm_start_t}")
     if settings.elite > 1:
         parts.append(f"mean action of the best {settings.elite}")
+    if settings.temperature != 1.0:
+        parts.append(f"temperature {settings.temperature:g}")
     if settings.data_support is not None:
         parts.append(f"data support {settings.data_support:g}")
     if value:
