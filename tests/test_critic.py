@@ -97,3 +97,18 @@ def test_critic_module_round_trips_its_standardization():
     b.load_state_dict(a.state_dict())  # the statistics travel with the weights
     obs, act = torch.tensor([[6.0]]), torch.tensor([[0.5]])
     assert torch.equal(a.q(obs, act), b.q(obs, act)) and torch.equal(a.v(obs), b.v(obs))
+
+
+def test_critic_ranking_scores_the_action_the_env_executes():
+    """An action beyond the action space is scored as the env will execute it (clipped), not
+    by the critic's extrapolation where the data never went."""
+    critic, _, _ = fit_critic(two_armed_episodes(), CriticConfig(hidden=[16]), 50, 64, seed=2)
+    spec = TrajectorySpec(obs_dim=1, act_dim=1, horizon=2)
+    plans = torch.zeros(2, 2, 2)
+    plans[:, 0, 1] = 0.5
+    plans[:, 0, 0] = torch.tensor([1.0, 7.0])  # the second: far outside [-1, 1]
+    ctx = GuideContext(spec=spec, normalizer=None, n_envs=1, n_candidates=2)
+    clipped = CriticRanking(critic, [-1.0], [1.0]).score(plans, ctx)
+    assert clipped[0] == clipped[1]
+    raw = CriticRanking(critic).score(plans, ctx)
+    assert raw[0] != raw[1]

@@ -213,6 +213,18 @@ class Task(ABC):
                 f" {fix}"
             )
 
+    def action_bounds(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The env's action space as (low, high), or (None, None) when it has none."""
+        env = self.make_env()
+        try:
+            space = env.action_space
+            low, high = getattr(space, "low", None), getattr(space, "high", None)
+        finally:
+            env.close()
+        if low is None or high is None:
+            return None, None
+        return np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+
     def planner_guides(self, loaded: Any, settings: Any) -> list:
         """Guides a planner for this task uses besides the start state (default: none)."""
         return []

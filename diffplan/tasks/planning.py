@@ -101,7 +101,7 @@ def build_planner(
                 "both a critic and a value net would rank the plans; give one (drop --value, "
                 "or set plan.critic=null), or set plan.value_scale > 0 to guide by the value"
             )
-        guides.append(CriticRanking(load_critic(critic_path, loaded)))
+        guides.append(CriticRanking(load_critic(critic_path, loaded), *task.action_bounds()))
     guides += list(extra_guides)
     arguments = planner_arguments(settings)
     layout = task.tracker_dims()
@@ -155,6 +155,9 @@ class NoTask(Task):
 
     def tracker_dims(self):
         return None
+
+    def action_bounds(self):
+        return None, None
 
     @classmethod
     def claims(cls, name: str) -> str | None:
