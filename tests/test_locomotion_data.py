@@ -377,7 +377,7 @@ def test_d4rl_format_round_trips(policies, tmp_path):
     np.testing.assert_array_equal(got.terminations, np.concatenate([e.terminations for e in eps]))
     np.testing.assert_array_equal(got.truncations, np.concatenate([e.truncations for e in eps]))
     assert (out.parent / "hopper-medium.generation_summary.json").is_file()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(DiffplanError, match="exists; pass --overwrite"):
         generate_mujoco_dataset("hopper", "medium", 1200, fmt="d4rl", out=out, **kw)
 
 
