@@ -169,14 +169,9 @@ class Task(ABC):
             "",
             "set task.type / task.env to the env the data came from",
         )
-        if not episodes.act_dim:
+        low, high = self.action_bounds()
+        if not episodes.act_dim or low is None:
             return
-        env = self.make_env()
-        try:
-            low = np.asarray(getattr(env.action_space, "low", -np.inf), dtype=np.float64)
-            high = np.asarray(getattr(env.action_space, "high", np.inf), dtype=np.float64)
-        finally:
-            env.close()
         actions = episodes.actions.astype(np.float64)
         outside = ((actions < low - 1e-6) | (actions > high + 1e-6)).any(axis=1)
         if outside.any():
